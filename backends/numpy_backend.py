@@ -1,0 +1,219 @@
+"""numpy: the hand-written reference, and the readable explanation of what
+the frameworks hide.
+
+* ``raw``: forward pass and hand-derived backprop, update written out.
+* ``module``: tiny Linear / Sigmoid / loss classes with explicit forward and
+  backward methods, chained like a framework's Sequential.
+* ``optimizer``: the same modules plus a small SGD optimizer object.
+* ``perceptron``: Rosenblatt's rule, Heaviside step with g(0) = 0, one row at
+  a time (online).  ``perceptron-batch``: the same rule summed over all rows.
+
+Conventions adapted: none; this backend *is* the convention.  Weights are
+stored (in, out), so ``logits = x @ W + b``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.tasks import TrainResult, TrainSpec
+
+NAME = "numpy"
+IMPORTS = ("numpy",)
+LEVELS = ("raw", "module", "optimizer", "perceptron", "perceptron-batch")
+UNSUPPORTED: dict[str, str] = {}
+# Levels limited to some archs, with the reason.
+ARCH_LIMITS = {
+    "perceptron": ("single", "the perceptron rule has no gradient to pass through a hidden "
+                             "layer (Heaviside step); it is single-layer only"),
+    "perceptron-batch": ("single", "the perceptron rule has no gradient to pass through a "
+                                   "hidden layer (Heaviside step); it is single-layer only"),
+}
+
+
+def framework_version() -> str:
+    return np.__version__
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def written_out_loss(p, y):
+    """The notebook's loss: -sum log(y p + (1 - y)(1 - p))."""
+    return -np.sum(np.log(y * p + (1 - y) * (1 - p)))
+
+
+# ---------------------------------------------------------------- raw level
+
+def forward(params, x):
+    """Return (probabilities, hidden activations or None)."""
+    if "W" in params:
+        return sigmoid(x @ params["W"] + params["b"]), None
+    h = sigmoid(x @ params["W1"] + params["b1"])
+    return sigmoid(h @ params["W2"] + params["b2"]), h
+
+
+def backprop(params, x, y, p, h):
+    """Gradients of the summed cross-entropy.  For sigmoid + BCE the gradient
+    w.r.t. the logits collapses to (p - y), the fact every framework exploits."""
+    dz = p - y
+    if h is None:
+        return {"W": x.T @ dz, "b": dz.sum(axis=0)}
+    dh = dz @ params["W2"].T
+    dz1 = dh * h * (1 - h)
+    return {"W1": x.T @ dz1, "b1": dz1.sum(axis=0), "W2": h.T @ dz, "b2": dz.sum(axis=0)}
+
+
+def _train_raw(spec: TrainSpec):
+    params = {k: v.copy() for k, v in spec.params.items()}
+    curve = []
+    for _ in range(spec.epochs):
+        p, h = forward(params, spec.x)
+        curve.append(float(written_out_loss(p, spec.y)))
+        grads = backprop(params, spec.x, spec.y, p, h)
+        for name in params:
+            params[name] -= spec.lr * grads[name]
+    p, _ = forward(params, spec.x)
+    return params, curve, float(written_out_loss(p, spec.y)), p
+
+
+# ------------------------------------------------------------- module level
+
+class Linear:
+    def __init__(self, W, b):
+        self.params = {"weight": W.copy(), "bias": b.copy()}
+        self.grads = {}
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params["weight"] + self.params["bias"]
+
+    def backward(self, grad_out):
+        self.grads = {"weight": self.x.T @ grad_out, "bias": grad_out.sum(axis=0)}
+        return grad_out @ self.params["weight"].T
+
+
+class Sigmoid:
+    params: dict = {}
+    grads: dict = {}
+
+    def forward(self, z):
+        self.out = sigmoid(z)
+        return self.out
+
+    def backward(self, grad_out):
+        return grad_out * self.out * (1 - self.out)
+
+
+class Sequential:
+    def __init__(self, *layers):
+        self.layers = layers
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad):
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+
+    def parameters(self):
+        """(layer, key) pairs, so an optimizer can update each array in place."""
+        return [(layer, key) for layer in self.layers for key in layer.params]
+
+
+class BCEWithLogitsSum:
+    """Summed binary cross-entropy on logits, in the overflow-safe form
+    max(z, 0) - z y + log(1 + exp(-|z|)) that frameworks use."""
+
+    def forward(self, z, y):
+        self.z, self.y = z, y
+        return np.sum(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
+
+    def backward(self):
+        return sigmoid(self.z) - self.y
+
+
+class SGD:
+    def __init__(self, parameters, lr):
+        self.parameters, self.lr = parameters, lr
+
+    def step(self):
+        for layer, key in self.parameters:
+            layer.params[key] -= self.lr * layer.grads[key]
+
+
+def _build_model(spec: TrainSpec):
+    p = spec.params
+    if spec.arch == "single":
+        return Sequential(Linear(p["W"], p["b"]))
+    return Sequential(Linear(p["W1"], p["b1"]), Sigmoid(), Linear(p["W2"], p["b2"]))
+
+
+def _model_params(model):
+    linears = [layer for layer in model.layers if isinstance(layer, Linear)]
+    names = [("W", "b")] if len(linears) == 1 else [("W1", "b1"), ("W2", "b2")]
+    out = {}
+    for layer, (w, b) in zip(linears, names):
+        out[w] = layer.params["weight"].copy()
+        out[b] = layer.params["bias"].copy()
+    return out
+
+
+def _train_module(spec: TrainSpec, use_optimizer: bool):
+    model = _build_model(spec)
+    loss_fn = BCEWithLogitsSum()
+    optimizer = SGD(model.parameters(), spec.lr) if use_optimizer else None
+    start = _model_params(model)
+    curve = []
+    for _ in range(spec.epochs):
+        loss = loss_fn.forward(model.forward(spec.x), spec.y)
+        curve.append(float(loss))
+        model.backward(loss_fn.backward())
+        if optimizer:
+            optimizer.step()
+        else:
+            for layer, key in model.parameters():
+                layer.params[key] -= spec.lr * layer.grads[key]
+    z = model.forward(spec.x)
+    return start, _model_params(model), curve, float(loss_fn.forward(z, spec.y)), sigmoid(z)
+
+
+# --------------------------------------------------------- perceptron levels
+
+def heaviside(z):
+    return np.heaviside(z, 0).astype(z.dtype)  # g(0) = 0, as in the notebook
+
+
+def _train_perceptron(spec: TrainSpec, online: bool):
+    W, b = spec.params["W"].copy(), spec.params["b"].copy()
+    x, y = spec.x, spec.y
+    curve = []
+    for _ in range(spec.epochs):
+        curve.append(float(np.sum(heaviside(x @ W + b) != y)))
+        if online:
+            for i in range(len(x)):
+                err = y[i] - heaviside(x[i] @ W + b)
+                W += spec.lr * np.outer(x[i], err)
+                b += spec.lr * err
+        else:
+            err = y - heaviside(x @ W + b)
+            W += spec.lr * x.T @ err
+            b += spec.lr * err.sum(axis=0)
+    out = heaviside(x @ W + b)
+    return {"W": W, "b": b}, curve, float(np.sum(out != y)), out
+
+
+# ------------------------------------------------------------------ contract
+
+def train(spec: TrainSpec) -> TrainResult:
+    start = {k: v.copy() for k, v in spec.params.items()}
+    if spec.level == "raw":
+        final, curve, loss, probs = _train_raw(spec)
+    elif spec.level in ("module", "optimizer"):
+        start, final, curve, loss, probs = _train_module(spec, spec.level == "optimizer")
+    else:
+        final, curve, loss, probs = _train_perceptron(spec, online=spec.level == "perceptron")
+    return TrainResult(params_start=start, params_final=final, loss_curve=curve,
+                       loss_final=loss, probs=np.asarray(probs).reshape(-1))

@@ -1,0 +1,125 @@
+"""Command line: ``harness run`` and ``harness list``.
+
+Bad input exits with status 2 and one line on stderr, before anything is
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from pathlib import Path
+
+from harness import registry
+from harness.config import ConfigError, load_toml, resolve
+from harness.tasks import ARCHS, GATES, LEVELS
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the whole usage block
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description="Train logic gates in several frameworks from "
+                     "identical initial weights and compare what they compute.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the matrix of cells (default: configs/default.toml)")
+    run.add_argument("--config", help="TOML file whose keys mirror these flags")
+    run.add_argument("--backends", help="comma list, or 'all' (%s)" % ",".join(registry.BACKENDS))
+    run.add_argument("--levels", help="comma list, or 'all' (%s)" % ",".join(LEVELS))
+    run.add_argument("--gates", help="comma list, or 'all' (%s)" % ",".join(GATES))
+    run.add_argument("--archs", help="comma list, or 'all' (%s)" % ",".join(ARCHS))
+    run.add_argument("--seeds", help="e.g. 0,3,5-9")
+    run.add_argument("--dtype", help="float32 (default) or float64")
+    run.add_argument("--init", help="normal (default) or zeros")
+    run.add_argument("--init-scale", dest="init_scale", help="multiplies normal draws (default 1)")
+    run.add_argument("--lr", help="learning rate (default 0.5)")
+    run.add_argument("--epochs", help="default: 100 for single, 1000 for multi")
+    run.add_argument("--hidden", help="hidden units of the multi arch (default 2)")
+    run.add_argument("--out", help="run folder (default results/<UTC timestamp>/)")
+
+    sub.add_parser("list", help="backends with state, version and levels; gates; archs")
+    return parser
+
+
+def _resolve_out(out: str | None) -> Path:
+    if out is None:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = ROOT / "results" / stamp
+        n = 1
+        while path.exists():
+            n += 1
+            path = ROOT / "results" / f"{stamp}-{n}"
+        return path
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out!r} is a file. Expected a folder that is new or empty.")
+    if path.is_dir() and any(path.iterdir()):
+        raise UsageError(f"--out {out!r} is not empty. Expected a folder that is new or empty.")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out!r} cannot be created: {str(probe)!r} is a file.")
+    import os
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"--out {out!r} cannot be created: {str(probe)!r} is not writable.")
+    return path
+
+
+def cmd_run(args) -> int:
+    from harness.runner import expand, run_matrix
+    from harness.summary import summary_table
+
+    flags = {k: getattr(args, k) for k in ("backends", "levels", "gates", "archs", "seeds", "dtype",
+                                           "init", "init_scale", "lr", "epochs", "hidden", "out")}
+    config_path = args.config or (DEFAULT_CONFIG if not any(v is not None for v in flags.values())
+                                  else None)
+    file_values = load_toml(config_path) if config_path else {}
+    cfg = resolve(file_values, flags)
+    run_dir = _resolve_out(cfg["out"])
+    cells = expand(cfg)
+    print(f"harness: {len(cells)} cells -> {run_dir}", flush=True)
+    outcome = run_matrix(cells, run_dir, cfg, sys.argv)
+    print(summary_table(outcome.records))
+    print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
+    return 1 if outcome.errors else 0
+
+
+def cmd_list(args) -> int:
+    print("backends:")
+    for name in registry.BACKENDS:
+        a = registry.probe(name)
+        mod = registry.backend_module(name)
+        state = f"ok {a.version}" if a.ok else f"{a.state} ({a.detail})"
+        print(f"  {name:<11} {state:<28} levels: {', '.join(mod.LEVELS)}")
+    print(f"gates: {', '.join(GATES)}")
+    print(f"archs: {', '.join(ARCHS)}")
+    print(f"levels: {', '.join(LEVELS)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+    except (UsageError, ConfigError, registry.UnknownChoice) as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Run configuration: TOML file + command-line flags -> one validated dict.
+
+Keys mirror the flags of ``harness run``; flags override the file.  Files are
+read with tomllib only; nothing in a config is ever executed.  Every invalid
+value raises ConfigError with a one-line message naming the value and the
+valid choices.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from harness import registry
+from harness.tasks import ARCHS, DEFAULT_HIDDEN, DEFAULT_LR, DTYPES, GATES, INITS, LEVELS
+
+KEYS = ("backends", "levels", "gates", "archs", "seeds", "dtype", "init", "init_scale", "lr",
+        "epochs", "hidden", "out")
+
+DEFAULTS: dict[str, Any] = {
+    "backends": "all", "levels": "all", "gates": "all", "archs": "all", "seeds": "0",
+    "dtype": "float32", "init": "normal", "init_scale": 1.0, "lr": DEFAULT_LR,
+    "epochs": None, "hidden": DEFAULT_HIDDEN, "out": None,
+}
+
+
+class ConfigError(ValueError):
+    """An invalid setting; its message is one line for the user."""
+
+
+def parse_seeds(text: str | int | list) -> list[int]:
+    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]; also accepts an int or a list."""
+    if isinstance(text, bool):
+        raise ConfigError(f"Invalid seeds {text!r}. Expected integers and ranges like '0,3,5-9'.")
+    if isinstance(text, int):
+        text = str(text)
+    if isinstance(text, list):
+        text = ",".join(str(t) for t in text)
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ConfigError(f"Invalid seed range {part!r} in {str(text)!r}. Expected "
+                              "non-negative integers and ascending ranges like '0,3,5-9'.") from None
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"Invalid seeds {str(text)!r}: seeds must be >= 0.")
+    return sorted(set(seeds))
+
+
+def _choices(kind: str, value: Any, valid) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list):
+        items = [str(v).strip() for v in value]
+    else:
+        raise ConfigError(f"Invalid {kind} {value!r}. Expected a comma-separated string or a list.")
+    if items == ["all"]:
+        return list(valid)
+    if not items or any(not v for v in items):
+        raise ConfigError(f"Empty {kind} in {value!r}. Expected one or more of "
+                          f"{{{', '.join(valid)}}} or 'all'.")
+    for item in items:
+        try:
+            registry.check_choice(kind.rstrip("s"), item, valid)
+        except registry.UnknownChoice as exc:
+            raise ConfigError(str(exc)) from None
+    # Keep the canonical order and drop repeats.
+    return [v for v in valid if v in items]
+
+
+def _number(key: str, value: Any, kind=float, minimum=None, strict_min=False) -> Any:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"Invalid {key} {value!r}. Expected {'an integer' if kind is int else 'a number'}.") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"Invalid {key} {value!r}. Expected a finite number.")
+    if minimum is not None and (number <= minimum if strict_min else number < minimum):
+        op = ">" if strict_min else ">="
+        raise ConfigError(f"Invalid {key} {value!r}. Expected a value {op} {minimum}.")
+    return number
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist or is not a file.")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {exc}.") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"Unknown key {unknown[0]!r} in config file {str(path)!r}. "
+                          f"Expected one of {{{', '.join(KEYS)}}}.")
+    return data
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[str, Any]:
+    """Merge defaults < file < flags and validate every value."""
+    raw = dict(DEFAULTS)
+    raw.update(file_values)
+    raw.update({k: v for k, v in flag_values.items() if v is not None})
+    cfg: dict[str, Any] = {
+        "backends": _choices("backends", raw["backends"], list(registry.BACKENDS)),
+        "levels": _choices("levels", raw["levels"], LEVELS),
+        "gates": _choices("gates", raw["gates"], list(GATES)),
+        "archs": _choices("archs", raw["archs"], ARCHS),
+        "seeds": parse_seeds(raw["seeds"]),
+    }
+    for key, valid in (("dtype", DTYPES), ("init", INITS)):
+        try:
+            cfg[key] = registry.check_choice(key, str(raw[key]), valid)
+        except registry.UnknownChoice as exc:
+            raise ConfigError(str(exc)) from None
+    cfg["init_scale"] = _number("init_scale", raw["init_scale"], minimum=0)
+    cfg["lr"] = _number("lr", raw["lr"], minimum=0, strict_min=True)
+    cfg["epochs"] = None if raw["epochs"] is None else _number("epochs", raw["epochs"], int, 1)
+    cfg["hidden"] = _number("hidden", raw["hidden"], int, 1)
+    cfg["out"] = None if raw["out"] is None else str(raw["out"])
+    return cfg

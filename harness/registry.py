@@ -1,0 +1,96 @@
+"""Lazy registry of backends: name -> module path.
+
+Importing this module imports no framework.  A backend module itself must
+not import its framework at module level either: its capability constants
+(``LEVELS``, ``UNSUPPORTED``, ``ARCH_LIMITS``) are read without the framework,
+and the framework is imported inside ``framework_version()`` and ``train()``.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from harness.tasks import LEVELS
+
+# Order is presentation order: the reference first, then from concrete
+# (autograd) to the frameworks with layer modules.
+BACKENDS: dict[str, str] = {
+    "numpy": "backends.numpy_backend",
+    "torch": "backends.torch_backend",
+}
+
+
+class UnknownChoice(ValueError):
+    """A value outside a fixed set of choices; the message is one line."""
+
+
+def check_choice(kind: str, value: str, choices) -> str:
+    """Return value if valid, else raise UnknownChoice with a one-line message."""
+    choices = list(choices)
+    if value in choices:
+        return value
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f"Did you mean '{close[0]}'? " if close else ""
+    raise UnknownChoice(f"Unknown {kind} {value!r}. {hint}"
+                        f"Expected one of {{{', '.join(map(str, choices))}}}.")
+
+
+def backend_module(name: str) -> ModuleType:
+    check_choice("backend", name, BACKENDS)
+    return importlib.import_module(BACKENDS[name])
+
+
+@dataclass(frozen=True)
+class Availability:
+    backend: str
+    state: str  # ok | missing | broken
+    version: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+def probe(name: str) -> Availability:
+    """Import the backend's framework here and report whether it is usable.
+
+    ``missing``: the framework is not installed (ModuleNotFoundError);
+    ``broken``: importing it raised anything else, reported with its type.
+    """
+    mod = backend_module(name)
+    try:
+        for module in mod.IMPORTS:
+            importlib.import_module(module)
+        return Availability(name, "ok", mod.framework_version())
+    except ModuleNotFoundError as exc:
+        return Availability(name, "missing", None, f"{exc.name or exc} is not installed")
+    except BaseException as exc:  # noqa: BLE001 - a broken framework may raise anything
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return Availability(name, "broken", None, f"import failed: {detail}")
+
+
+def gap(name: str, level: str, arch: str) -> str | None:
+    """The reason a backend cannot run (level, arch), or None when it can."""
+    mod = backend_module(name)
+    if level not in mod.LEVELS:
+        return mod.UNSUPPORTED.get(level, f"{name} does not implement level {level!r}")
+    limit = getattr(mod, "ARCH_LIMITS", {}).get(level)
+    if limit and arch not in limit[0]:
+        return limit[1]
+    return None
+
+
+def known_gaps() -> dict[tuple[str, str], str]:
+    """Every (backend, level) a backend lacks, with its reason: the one list of gaps."""
+    out = {}
+    for name in BACKENDS:
+        mod = backend_module(name)
+        for level in LEVELS:
+            if level not in mod.LEVELS:
+                out[(name, level)] = mod.UNSUPPORTED.get(level, "not implemented")
+    return out

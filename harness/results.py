@@ -1,0 +1,195 @@
+"""Records and run folders: results.jsonl, results.csv, manifest.json.
+
+* results.jsonl: one strict-JSON object per cell (NaN and infinities are
+  written as null), appended and flushed as each cell finishes.
+* results.csv: one row per cell; nested values (parameters, curves) are JSON
+  strings so a spreadsheet or pandas reads the file directly.
+* manifest.json: schema version, time, command line, resolved config,
+  machine, package versions, git commit.
+
+CSV and manifest are written atomically (temporary file, then rename) so a
+reader never sees half a file.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.tasks import Cell
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "unsupported", "skipped", "error")
+
+
+@dataclass(frozen=True)
+class Record:
+    """Everything one cell produced.  Parameters are canonical nested lists."""
+
+    backend: str
+    level: str
+    arch: str
+    gate: str
+    seed: int
+    dtype: str
+    init: str
+    init_scale: float
+    lr: float
+    epochs: int
+    hidden: int | None
+    status: str
+    message: str = ""
+    backend_version: str | None = None
+    params_init: dict[str, list] | None = None
+    params_final: dict[str, list] | None = None
+    probs: list[float] | None = None
+    preds: list[int] | None = None
+    accuracy: float | None = None
+    learned: bool | None = None
+    loss_final: float | None = None
+    loss_curve: list[float] | None = None
+    seconds: float | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cell(self) -> Cell:
+        return Cell.from_dict(dataclasses.asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Record":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def for_cell(cls, cell: Cell, status: str, message: str = "", **fields) -> "Record":
+        return cls(**cell.to_dict(), status=status, message=message, **fields)
+
+
+RECORD_FIELDS = [f.name for f in dataclasses.fields(Record)]
+
+
+def strict(value):
+    """Replace NaN and infinities by None, recursively, so JSON stays strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps(obj) -> str:
+    return json.dumps(strict(obj), allow_nan=False, separators=(",", ":"))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RecordWriter:
+    """Appends one JSON line per record and flushes it, so a crash loses at
+    most the line being written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: Record) -> None:
+        self._fh.write(dumps(record.to_dict()) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_records(path: Path) -> list[Record]:
+    """Read results.jsonl; a torn last line (no newline) is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            records.append(Record.from_dict(json.loads(line)))
+    return records
+
+
+def csv_text(records: list[Record]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        row = {}
+        for key, value in strict(rec.to_dict()).items():
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, separators=(",", ":"))
+            row[key] = "" if value is None else value
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def write_tables(run_dir: Path, records: list[Record]) -> list[Record]:
+    """Rewrite results.jsonl and results.csv sorted by cell, atomically."""
+    records = sorted(records, key=lambda r: r.cell.key)
+    atomic_write(run_dir / "results.jsonl", "".join(dumps(r.to_dict()) + "\n" for r in records))
+    atomic_write(run_dir / "results.csv", csv_text(records))
+    return records
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def manifest(config: dict[str, Any], versions: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    import numpy
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": argv,
+        "config": config,
+        "machine": machine_info(),
+        "versions": {"numpy": numpy.__version__, **versions},
+        "git": {"commit": commit, "dirty": bool(status) if status is not None else None},
+    }
+
+
+def write_manifest(run_dir: Path, data: dict[str, Any]) -> None:
+    atomic_write(run_dir / "manifest.json", json.dumps(strict(data), indent=2, allow_nan=False) + "\n")
