@@ -3,6 +3,9 @@
 Every backend module exposes the same surface: ``NAME``, ``IMPORTS`` (the
 modules its framework needs), ``LEVELS`` (what it implements),
 ``UNSUPPORTED`` (level -> reason, for the levels it lacks),
-``framework_version()`` and ``train(spec) -> TrainResult``.  It imports its
+``framework_version()``, ``train(spec) -> TrainResult`` and, for backends
+with a ``raw`` level, ``loss_and_grad(spec) -> (loss, {name: gradient})``:
+the raw level's written-out loss and its autodiff gradient at
+``spec.params`` (canonical layout), used by ``harness gradcheck``.  It imports its
 framework inside those functions only, so importing it is cheap and safe.
 """

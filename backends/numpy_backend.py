@@ -207,6 +207,12 @@ def _train_perceptron(spec: TrainSpec, online: bool):
 
 # ------------------------------------------------------------------ contract
 
+def loss_and_grad(spec: TrainSpec):
+    """The raw level's loss and hand-derived gradient at ``spec.params``."""
+    p, h = forward(spec.params, spec.x)
+    return float(written_out_loss(p, spec.y)), backprop(spec.params, spec.x, spec.y, p, h)
+
+
 def train(spec: TrainSpec) -> TrainResult:
     start = {k: v.copy() for k, v in spec.params.items()}
     if spec.level == "raw":

@@ -45,7 +45,8 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
 
-def _train_raw(torch, spec: TrainSpec):
+def _raw_graph(torch, spec: TrainSpec):
+    """Leaf tensors for the canonical parameters, a forward pass, the written-out loss."""
     x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
     params = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in spec.params.items()}
 
@@ -57,6 +58,22 @@ def _train_raw(torch, spec: TrainSpec):
 
     def loss_of(p):
         return -(y * p + (1 - y) * (1 - p)).log().sum()
+
+    return params, forward, loss_of
+
+
+def loss_and_grad(spec: TrainSpec):
+    """The raw level's loss and autodiff gradient at ``spec.params``."""
+    import torch
+
+    params, forward, loss_of = _raw_graph(torch, spec)
+    loss = loss_of(forward())
+    loss.backward()
+    return loss.item(), {k: _np(v.grad) for k, v in params.items()}
+
+
+def _train_raw(torch, spec: TrainSpec):
+    params, forward, loss_of = _raw_graph(torch, spec)
 
     start = {k: _np(v) for k, v in params.items()}
     curve = []
