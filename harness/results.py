@@ -122,15 +122,52 @@ class RecordWriter:
         self._fh.close()
 
 
+class RunFolderError(ValueError):
+    """A folder that is not a readable run folder; the message is one line
+    naming the file (and line) at fault."""
+
+
+REQUIRED_FIELDS = ("backend", "level", "arch", "gate", "seed", "dtype", "status")
+
+
 def read_records(path: Path) -> list[Record]:
-    """Read results.jsonl; a torn last line (no newline) is ignored."""
+    """Read results.jsonl.  A torn last line (no newline: the writer was killed
+    mid-line) is ignored; any other malformed line raises RunFolderError."""
     records = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for n, line in enumerate(fh, 1):
             if not line.endswith("\n"):
                 break
-            records.append(Record.from_dict(json.loads(line)))
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RunFolderError(f"{path}:{n}: not a JSON line ({exc.msg}).") from None
+            if not isinstance(data, dict) or any(k not in data for k in REQUIRED_FIELDS):
+                raise RunFolderError(f"{path}:{n}: not a harness record (expected fields "
+                                     f"{', '.join(REQUIRED_FIELDS)}).")
+            records.append(Record.from_dict(data))
     return records
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
+    """(manifest, records) of a run folder, validated; RunFolderError otherwise."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"Run folder {str(run_dir)!r} does not exist or is not a folder.")
+    man_path = run_dir / "manifest.json"
+    try:
+        man = json.loads(man_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunFolderError(f"{man_path}: missing; {str(run_dir)!r} is not a harness run folder.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{man_path}: not valid JSON ({exc}).") from None
+    if not isinstance(man, dict) or man.get("schema_version") != SCHEMA_VERSION:
+        raise RunFolderError(f"{man_path}: not a harness manifest with schema_version "
+                             f"{SCHEMA_VERSION}.")
+    res_path = run_dir / "results.jsonl"
+    if not res_path.is_file():
+        raise RunFolderError(f"{res_path}: missing; {str(run_dir)!r} has no results.")
+    return man, read_records(res_path)
 
 
 def csv_text(records: list[Record]) -> str:

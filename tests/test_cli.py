@@ -96,3 +96,21 @@ def test_list_shows_backends_and_gates():
     r = harness("list")
     assert r.returncode == 0
     assert "numpy" in r.stdout and "ok" in r.stdout and "xnor" in r.stdout
+
+
+def test_load_run_reads_back_and_rejects_foreign_folders(tmp_path):
+    from harness.results import RunFolderError, load_run
+
+    out = tmp_path / "run"
+    assert harness("run", "--backends", "numpy", "--levels", "raw", "--gates", "and",
+                   "--archs", "single", "--out", str(out)).returncode == 0
+    man, recs = load_run(out)
+    assert man["schema_version"] == 1 and [r.gate for r in recs] == ["and"]
+    with open(out / "results.jsonl", "a") as fh:
+        fh.write('{"backend": "num')  # a torn last line is ignored
+    assert len(load_run(out)[1]) == 1
+    (out / "results.jsonl").write_text("hello\n")
+    with pytest.raises(RunFolderError, match="results.jsonl:1"):
+        load_run(out)
+    with pytest.raises(RunFolderError, match="does not exist"):
+        load_run(tmp_path / "nope")
