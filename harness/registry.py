@@ -18,7 +18,11 @@ from harness.tasks import LEVELS
 # (autograd) to the frameworks with layer modules.
 BACKENDS: dict[str, str] = {
     "numpy": "backends.numpy_backend",
+    "autograd": "backends.autograd_backend",
     "torch": "backends.torch_backend",
+    "tensorflow": "backends.tensorflow_backend",
+    "mxnet": "backends.mxnet_backend",
+    "chainer": "backends.chainer_backend",
 }
 
 

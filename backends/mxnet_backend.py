@@ -1,0 +1,175 @@
+"""MXNet 1.x: NDArray + autograd, and Gluon.
+
+* ``raw``: ``nd`` arrays with ``attach_grad()``, the forward pass and the
+  notebook's written-out loss under ``autograd.record()``, ``backward()``,
+  update written in place outside ``record()``.
+* ``module``: ``gluon.nn.Sequential`` of ``Dense`` / ``Activation('sigmoid')``
+  / ``Dense`` and ``gluon.loss.SigmoidBinaryCrossEntropyLoss`` summed over
+  rows; update written over ``collect_params()``.
+* ``optimizer``: the same network with ``gluon.Trainer(params, 'sgd',
+  {'learning_rate': lr})`` and ``trainer.step(1)``.
+
+Conventions adapted:
+
+* ``Dense`` stores its weight as (out, in): canonical W is transposed on load
+  (``Parameter.set_data``) and on read-back.  Layers are built with
+  ``in_units`` so their shapes are known without a first forward pass
+  (Gluon's deferred initialization) and initialized with ``'zeros'`` (no
+  random draw) before the harness's values are loaded.  ``Dense`` flattens
+  its input to 2-D by default (``flatten=True``): a no-op for our (rows, in)
+  inputs.
+* ``SigmoidBinaryCrossEntropyLoss`` returns one loss per row (the mean over
+  the non-batch axes, here a single output): we ``.sum()`` it.  (Calling
+  ``backward()`` on the per-row vector would also sum, with head gradient 1.)
+* ``trainer.step(batch_size)`` multiplies gradients by ``rescale_grad =
+  1 / batch_size``, meant for a summed per-row loss.  Our gradient is already
+  the summed-loss gradient, so ``step(1)``: ``rescale_grad = 1.0``, exact.
+  ``'sgd'`` defaults to momentum 0 and weight decay 0 (``wd=0.0``,
+  ``lr_mult = wd_mult = 1``); with one CPU context the Trainer updates
+  locally, without a kvstore.
+* MXNet's SGD operators (``sgd_update`` / ``multi_sgd_update``) take the
+  learning rate as a C ``float``: a learning rate that float32 cannot
+  represent (0.1, unlike the default 0.5) is rounded to float32 even in a
+  float64 run, so the optimizer level then departs from the reference by
+  about the rounding of lr (~1e-8 relative).  ``info['lr_applied']`` records
+  the learning rate the optimizer level really used.
+* ``nd.array(numpy_array)`` is float32 unless told otherwise, and ``Dense``
+  defaults to ``dtype='float32'``: every array and layer is created in the
+  cell's dtype explicitly.
+* Gradients are overwritten by each ``backward()`` (``grad_req='write'``),
+  so nothing needs zeroing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.tasks import TrainResult, TrainSpec
+
+NAME = "mxnet"
+IMPORTS = ("mxnet",)
+LEVELS = ("raw", "module", "optimizer")
+UNSUPPORTED = {
+    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
+                  "mxnet has no perceptron",
+    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
+                        "algorithms; mxnet has no perceptron",
+}
+
+
+def framework_version() -> str:
+    import mxnet
+    return mxnet.__version__
+
+
+def _raw_graph(nd, spec: TrainSpec):
+    """Arrays with gradients for the canonical parameters, a forward pass, the written-out loss."""
+    x, y = nd.array(spec.x, dtype=spec.dtype), nd.array(spec.y, dtype=spec.dtype)
+    params = {k: nd.array(v, dtype=spec.dtype) for k, v in spec.params.items()}
+    for p in params.values():
+        p.attach_grad()
+
+    def forward():
+        if spec.arch == "single":
+            return (nd.dot(x, params["W"]) + params["b"]).sigmoid()
+        h = (nd.dot(x, params["W1"]) + params["b1"]).sigmoid()
+        return (nd.dot(h, params["W2"]) + params["b2"]).sigmoid()
+
+    def loss_of(p):
+        return -(y * p + (1 - y) * (1 - p)).log().sum()
+
+    return params, forward, loss_of
+
+
+def loss_and_grad(spec: TrainSpec):
+    """The raw level's loss and autodiff gradient at ``spec.params``."""
+    from mxnet import autograd, nd
+
+    params, forward, loss_of = _raw_graph(nd, spec)
+    with autograd.record():
+        loss = loss_of(forward())
+    loss.backward()
+    return loss.asscalar().item(), {k: v.grad.asnumpy() for k, v in params.items()}
+
+
+def _train_raw(autograd, nd, spec: TrainSpec):
+    params, forward, loss_of = _raw_graph(nd, spec)
+    start = {k: v.asnumpy() for k, v in params.items()}
+    curve = []
+    for _ in range(spec.epochs):
+        with autograd.record():
+            loss = loss_of(forward())
+        loss.backward()
+        curve.append(loss.asscalar().item())
+        for p in params.values():
+            p -= spec.lr * p.grad
+    p = forward()
+    loss = loss_of(p)
+    return (start, {k: v.asnumpy() for k, v in params.items()}, curve, loss.asscalar().item(),
+            p.asnumpy())
+
+
+def _build(mx, spec: TrainSpec):
+    nn, nd = mx.gluon.nn, mx.nd
+    n_in = spec.x.shape[1]
+    dense = dict(dtype=spec.dtype, weight_initializer="zeros", bias_initializer="zeros")
+    net = nn.Sequential()
+    if spec.arch == "single":
+        layers = [nn.Dense(1, in_units=n_in, **dense)]
+        net.add(layers[0])
+        names = [("W", "b")]
+    else:
+        layers = [nn.Dense(spec.hidden, in_units=n_in, **dense),
+                  nn.Dense(1, in_units=spec.hidden, **dense)]
+        net.add(layers[0], nn.Activation("sigmoid"), layers[1])
+        names = [("W1", "b1"), ("W2", "b2")]
+    net.initialize(ctx=mx.cpu())
+    for layer, (w, b) in zip(layers, names):
+        layer.weight.set_data(nd.array(spec.params[w].T, dtype=spec.dtype))
+        layer.bias.set_data(nd.array(spec.params[b], dtype=spec.dtype))
+
+    def read():
+        out = {}
+        for layer, (w, b) in zip(layers, names):
+            out[w] = layer.weight.data().asnumpy().T.copy()
+            out[b] = layer.bias.data().asnumpy()
+        return out
+
+    return net, read
+
+
+def _train_module(mx, spec: TrainSpec, use_optimizer: bool):
+    autograd, gluon, nd = mx.autograd, mx.gluon, mx.nd
+    net, read = _build(mx, spec)
+    x, y = nd.array(spec.x, dtype=spec.dtype), nd.array(spec.y, dtype=spec.dtype)
+    loss_fn = gluon.loss.SigmoidBinaryCrossEntropyLoss()
+    params = net.collect_params()
+    trainer = gluon.Trainer(params, "sgd", {"learning_rate": spec.lr}) if use_optimizer else None
+    start = read()
+    curve = []
+    for _ in range(spec.epochs):
+        with autograd.record():
+            loss = loss_fn(net(x), y).sum()
+        loss.backward()
+        curve.append(loss.asscalar().item())
+        if trainer:
+            trainer.step(1)
+        else:
+            for param in params.values():
+                weight = param.data()  # the stored array itself, updated in place
+                weight -= spec.lr * param.grad()
+    z = net(x)
+    loss = loss_fn(z, y).sum()
+    return start, read(), curve, loss.asscalar().item(), z.sigmoid().asnumpy()
+
+
+def train(spec: TrainSpec) -> TrainResult:
+    import mxnet as mx
+
+    if spec.level == "raw":
+        start, final, curve, loss, probs = _train_raw(mx.autograd, mx.nd, spec)
+    else:
+        start, final, curve, loss, probs = _train_module(mx, spec, spec.level == "optimizer")
+    # sgd_update's lr is a C float (see the docstring).
+    info = {"lr_applied": float(np.float32(spec.lr))} if spec.level == "optimizer" else {}
+    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
+                       probs=probs.reshape(-1), info=info)

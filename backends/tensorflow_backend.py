@@ -1,0 +1,210 @@
+"""TensorFlow 2 with Keras 3.
+
+* ``raw``: ``tf.Variable`` parameters, the notebook's written-out loss under
+  ``tf.GradientTape``, update written with ``assign_sub``.
+* ``module``: ``keras.Sequential`` of ``Dense`` layers (hidden layer with
+  ``activation='sigmoid'``, output layer linear: logits) and
+  ``keras.losses.BinaryCrossentropy(from_logits=True, reduction='sum')``;
+  update written with ``assign_sub`` over ``model.trainable_variables``.
+* ``optimizer``: the same model, ``model.compile(keras.optimizers.SGD(lr),
+  that loss)`` and ``model.fit`` over one full, unshuffled batch per epoch
+  (see below); the loss curve is ``history.history['loss']``.
+
+The notebook's TensorFlow ran as a graph (``tf.Session``).  Here the raw and
+module training steps are one ``tf.function`` each (traced once per cell,
+``jit_compile=False``: no XLA), and ``model.fit`` runs Keras' own
+``tf.function`` train step with ``jit_compile=False`` (Keras' ``'auto'``
+would pick XLA on a machine with a GPU).  ``info['mode']`` records
+``'tf.function'``, or ``'eager'`` when ``tf.config.run_functions_eagerly(True)``
+is in force.
+
+Conventions adapted:
+
+* ``Dense`` stores its kernel as (in, out), like the canonical W: loaded and
+  read back without transposing.  Layers are created with ``'zeros'``
+  initializers (no random draw) and then assigned the harness's values.
+* Keras losses average by default (``reduction='sum_over_batch_size'``; the
+  notebook's ``'binary_crossentropy'`` string): we pass ``reduction='sum'``.
+  ``BinaryCrossentropy`` first takes the mean over the last axis, a single
+  output here, which is exact.
+* Keras 3 takes float32 from ``keras.config.floatx()`` in many places a
+  ``dtype`` argument does not reach: losses compute in floatx unless given
+  ``dtype=`` (we pass the cell's), and ``compile``/``fit`` cast the inputs
+  (``model.fit``'s data adapter), the compiled total loss and the loss
+  tracker to floatx and keep ``SGD``'s learning rate in a floatx variable
+  (0.1 would become float32(0.1)).  Training therefore runs with floatx set
+  to the cell's dtype, restored on exit (``keras.config.set_floatx`` is
+  process-global); layers also get ``dtype=`` explicitly, so a global dtype
+  policy cannot change them.
+* ``keras.optimizers.SGD`` defaults to momentum 0, no weight decay, no
+  clipping, no EMA: plain ``v -= lr * g``.
+* ``model.fit`` shuffles by default and uses batches of 32; one epoch must be
+  one full-batch step.  ``model.fit(x, y, batch_size=<all rows>,
+  shuffle=False)`` does that, but costs ~50 ms per epoch on a 2-core
+  machine (about a minute per 1000-epoch cell), nearly all of it creating
+  the iterators of Keras' tf.data pipeline, twice per epoch.  We hand ``fit``
+  the same single batch as ``tf.data.Dataset.from_tensors((x, y)).repeat()``
+  with ``steps_per_epoch=1``: ~2 ms per epoch, and bit-identical parameters
+  and loss curves (tests/test_backends.py checks it).
+  ``history.history['loss']`` holds the loss computed inside each step before
+  its update, as our ``loss_curve`` requires.
+* TensorFlow's CPU graphs are rewritten for oneDNN (``TF_ENABLE_ONEDNN_OPTS``,
+  on by default on x86), which can change float32 round-off.  It declines
+  float64 ops (logging ``Not handling type DT_DOUBLE`` at each trace, which
+  is harmless): float64 runs on TensorFlow's own kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from harness.tasks import TrainResult, TrainSpec
+
+NAME = "tensorflow"
+IMPORTS = ("tensorflow", "keras")
+LEVELS = ("raw", "module", "optimizer")
+UNSUPPORTED = {
+    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
+                  "tensorflow has no perceptron",
+    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
+                        "algorithms; tensorflow has no perceptron",
+}
+
+
+def framework_version() -> str:
+    import keras
+    import tensorflow as tf
+    return f"{tf.__version__} (keras {keras.__version__})"
+
+
+def _np(t) -> np.ndarray:
+    return np.array(t.numpy())
+
+
+def _raw_graph(tf, spec: TrainSpec):
+    """Variables for the canonical parameters, a forward pass, the written-out loss."""
+    x, y = tf.constant(spec.x), tf.constant(spec.y)
+    params = {k: tf.Variable(v, name=k) for k, v in spec.params.items()}
+
+    def forward():
+        if spec.arch == "single":
+            return tf.sigmoid(tf.matmul(x, params["W"]) + params["b"])
+        h = tf.sigmoid(tf.matmul(x, params["W1"]) + params["b1"])
+        return tf.sigmoid(tf.matmul(h, params["W2"]) + params["b2"])
+
+    def loss_of(p):
+        return -tf.reduce_sum(tf.math.log(y * p + (1 - y) * (1 - p)))
+
+    return params, forward, loss_of
+
+
+def loss_and_grad(spec: TrainSpec):
+    """The raw level's loss and autodiff gradient at ``spec.params``."""
+    import tensorflow as tf
+
+    params, forward, loss_of = _raw_graph(tf, spec)
+    with tf.GradientTape() as tape:
+        loss = loss_of(forward())
+    grads = tape.gradient(loss, list(params.values()))
+    return float(loss), {k: _np(g) for k, g in zip(params, grads)}
+
+
+def _sgd_step(tf, variables, loss_fn, lr):
+    """One full-batch step of hand-written gradient descent, as a graph."""
+    @tf.function(jit_compile=False)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        for v, g in zip(variables, tape.gradient(loss, variables)):
+            v.assign_sub(lr * g)
+        return loss
+
+    return step
+
+
+def _train_raw(tf, spec: TrainSpec):
+    params, forward, loss_of = _raw_graph(tf, spec)
+    step = _sgd_step(tf, list(params.values()), lambda: loss_of(forward()), spec.lr)
+    start = {k: _np(v) for k, v in params.items()}
+    curve = [float(step()) for _ in range(spec.epochs)]
+    p = forward()
+    final = {k: _np(v) for k, v in params.items()}
+    return start, final, curve, float(loss_of(p)), _np(p)
+
+
+@contextlib.contextmanager
+def _floatx(keras, dtype: str):
+    saved = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(saved)
+
+
+def full_batch(tf, spec: TrainSpec):
+    """Every row, unshuffled, as one batch per epoch (see the docstring)."""
+    return tf.data.Dataset.from_tensors((spec.x, spec.y)).repeat()
+
+
+def _build(keras, spec: TrainSpec):
+    def dense(units, **kw):
+        return keras.layers.Dense(units, dtype=spec.dtype, kernel_initializer="zeros",
+                                  bias_initializer="zeros", **kw)
+
+    n_in = spec.x.shape[1]
+    if spec.arch == "single":
+        layers = [dense(1)]
+        names = [("W", "b")]
+    else:
+        layers = [dense(spec.hidden, activation="sigmoid"), dense(1)]
+        names = [("W1", "b1"), ("W2", "b2")]
+    model = keras.Sequential([keras.Input(shape=(n_in,), dtype=spec.dtype), *layers])
+    for layer, (w, b) in zip(layers, names):
+        layer.kernel.assign(spec.params[w])
+        layer.bias.assign(spec.params[b])
+
+    def read():
+        out = {}
+        for layer, (w, b) in zip(layers, names):
+            out[w] = _np(layer.kernel)
+            out[b] = _np(layer.bias)
+        return out
+
+    return model, read
+
+
+def _train_module(tf, keras, spec: TrainSpec, use_optimizer: bool):
+    model, read = _build(keras, spec)
+    x, y = tf.constant(spec.x), tf.constant(spec.y)
+    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
+                                              dtype=spec.dtype)
+    start = read()
+    if use_optimizer:
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr), loss=loss_fn,
+                      jit_compile=False)
+        history = model.fit(full_batch(tf, spec), epochs=spec.epochs, steps_per_epoch=1,
+                            shuffle=False, verbose=0)
+        curve = [float(v) for v in history.history["loss"]]
+    else:
+        step = _sgd_step(tf, model.trainable_variables,
+                         lambda: loss_fn(y, model(x, training=True)), spec.lr)
+        curve = [float(step()) for _ in range(spec.epochs)]
+    z = model(x, training=False)
+    return start, read(), curve, float(loss_fn(y, z)), _np(tf.sigmoid(z))
+
+
+def train(spec: TrainSpec) -> TrainResult:
+    import keras
+    import tensorflow as tf
+
+    if spec.level == "raw":
+        start, final, curve, loss, probs = _train_raw(tf, spec)
+    else:
+        with _floatx(keras, spec.dtype):
+            start, final, curve, loss, probs = _train_module(tf, keras, spec,
+                                                             spec.level == "optimizer")
+    mode = "eager" if tf.config.functions_run_eagerly() else "tf.function"
+    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
+                       probs=probs.reshape(-1), info={"mode": mode, "jit_compile": False})
