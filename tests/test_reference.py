@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from harness import registry
 from harness.compare import relative_deviation, tolerance
-from harness.tasks import GATES, init_params, truth_table
+from harness.tasks import GATES, GRADIENT_LEVELS, init_params, truth_table
 
 from conftest import cached_run, make_cell, require
 
@@ -77,9 +78,13 @@ def hand_trajectory(cell):
     return p
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+# Every registered backend's gradient levels (a level a backend lacks is no case).
+BACKEND_LEVELS = [(b, lv) for b in registry.BACKENDS for lv in GRADIENT_LEVELS
+                  if registry.gap(b, lv, "single") is None]
+
+
 @pytest.mark.parametrize("arch,gate", [("single", "nand"), ("single", "not"), ("multi", "xor")])
-@pytest.mark.parametrize("level", ["raw", "module", "optimizer"])
+@pytest.mark.parametrize("backend,level", BACKEND_LEVELS)
 def test_float64_matches_hand_computed_trajectory(backend, level, arch, gate):
     require(backend)
     cell = make_cell(backend, level, arch, gate, seed=5)

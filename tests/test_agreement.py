@@ -1,0 +1,101 @@
+"""Cross-backend agreement beyond the contract suite's seed 0.
+
+* float64, seeds 1 and 2 and ``--init zeros``: every backend x gradient level
+  x arch agrees with the numpy reference to the float64 tolerance.  Single
+  layer cells (100 steps) run every gate; multi-layer cells (1000 steps, up
+  to ~3 s each in MXNet and Chainer) run two gates per variant, chosen so the
+  three variants together cover all seven.  ``harness run`` over the full
+  matrix is the exhaustive check.
+* float32: cells agree with ``float64_reference`` (same float32 start,
+  float64 numpy) within ``FLOAT32_TOLERANCES``.
+* A learning rate float32 cannot represent (0.1): float64 still agrees,
+  except where a framework rounds it (MXNet's SGD operators).
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from harness import registry
+from harness.compare import float64_reference, relative_deviation, tolerance
+from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS
+
+from conftest import cached_run, make_cell, require
+
+# (seed, init, multi-layer gates)
+VARIANTS = {
+    "seed1": (1, "normal", ("xor", "and")),
+    "seed2": (2, "normal", ("xnor", "or")),
+    "zeros": (0, "zeros", ("nand", "nor", "not")),
+}
+
+
+def supported(backend, levels):
+    for level in levels:
+        for arch in ARCHS:
+            if registry.gap(backend, level, arch) is None:
+                yield level, arch
+
+
+def assert_matches_reference(rec, ref):
+    assert rec.status == "ok", rec.message
+    dev = relative_deviation(rec.params_final, ref.params_final)
+    assert dev <= tolerance("float64", rec.epochs), (rec.cell.key, dev)
+    np.testing.assert_allclose(rec.probs, ref.probs, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("backend", [b for b in registry.BACKENDS if b != "numpy"])
+def test_float64_agrees_with_reference(backend, variant):
+    require(backend)
+    seed, init, multi_gates = VARIANTS[variant]
+    for level, arch in supported(backend, GRADIENT_LEVELS):
+        for gate in GATES if arch == "single" else multi_gates:
+            ref = cached_run(make_cell("numpy", "raw", arch, gate, seed=seed, init=init))
+            assert_matches_reference(
+                cached_run(make_cell(backend, level, arch, gate, seed=seed, init=init)), ref)
+
+
+def test_variants_cover_every_gate():
+    assert {g for _, _, gates in VARIANTS.values() for g in gates} == set(GATES)
+
+
+@pytest.mark.parametrize("backend", list(registry.BACKENDS))
+def test_float32_within_table(backend):
+    # The cells the contract suite already runs in float32 (cached), and one more.
+    require(backend)
+    for level, arch in supported(backend, registry.backend_module(backend).LEVELS):
+        cases = [("xor", 3), ("and", 0)] + ([("xor", 0)] if arch == "multi" else [])
+        for gate, seed in cases:
+            cell = make_cell(backend, level, arch, gate, seed=seed, dtype="float32")
+            rec = cached_run(cell)
+            assert rec.status == "ok", rec.message
+            dev = relative_deviation(rec.params_final, float64_reference(cell).params_final)
+            assert dev <= tolerance("float32", cell.epochs), (level, arch, gate, seed, dev)
+
+
+def test_float64_reference_starts_from_the_cells_float32_values():
+    cell = make_cell("numpy", "raw", "single", "and", seed=4, dtype="float32")
+    ref = float64_reference(cell)
+    start32 = cached_run(cell).params_init
+    assert {k: v.dtype for k, v in ref.params_start.items()} == {"W": np.float64, "b": np.float64}
+    assert all(np.array_equal(ref.params_start[k], np.asarray(v, np.float32)) for k, v in
+               start32.items())
+    float64_cell = dataclasses.replace(cell, dtype="float64")
+    assert relative_deviation(ref.params_start, cached_run(float64_cell).params_init) > 0
+
+
+@pytest.mark.parametrize("backend", [b for b in registry.BACKENDS if b != "numpy"])
+def test_float64_lr_not_representable_in_float32(backend):
+    require(backend)
+    for level, arch in supported(backend, GRADIENT_LEVELS):
+        if arch != "single":
+            continue
+        rec = cached_run(make_cell(backend, level, arch, "xor", seed=1, lr=0.1))
+        lr_used = rec.info.get("lr_applied", 0.1)
+        ref = cached_run(make_cell("numpy", "raw", arch, "xor", seed=1, lr=lr_used))
+        assert_matches_reference(rec, ref)
+        if (backend, level) == ("mxnet", "optimizer"):
+            assert lr_used == float(np.float32(0.1)) != 0.1
+        else:
+            assert lr_used == 0.1

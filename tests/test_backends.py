@@ -1,0 +1,91 @@
+"""Facts about individual backends that their docstrings rely on."""
+import numpy as np
+import pytest
+
+from harness import registry
+from harness.tasks import TrainSpec
+
+from conftest import cached_run, make_cell, require
+
+
+@pytest.mark.parametrize("backend", list(registry.BACKENDS))
+def test_a_float64_cell_leaves_nothing_behind(backend):
+    # Same float32 cell before and after float64 cells of every level, in one
+    # process: bit-identical, so no default dtype or other setting leaked.
+    require(backend)
+    mod = registry.backend_module(backend)
+    levels = [lv for lv in mod.LEVELS if registry.gap(backend, lv, "single") is None]
+    cell32 = make_cell(backend, levels[-1], "single", "or", seed=6, dtype="float32", epochs=20)
+    before = mod.train(TrainSpec.from_cell(cell32))
+    for level in levels:
+        mod.train(TrainSpec.from_cell(make_cell(backend, level, "single", "or", seed=6, epochs=5)))
+    after = mod.train(TrainSpec.from_cell(cell32))
+    for name, value in before.params_final.items():
+        assert value.dtype == np.float32
+        assert np.array_equal(value, after.params_final[name])
+    assert before.loss_curve == after.loss_curve
+
+
+def test_keras_floatx_is_restored():
+    require("tensorflow")
+    import keras
+
+    saved = keras.config.floatx()
+    for level in ("module", "optimizer"):
+        rec = cached_run(make_cell("tensorflow", level, "single", "and"))
+        assert rec.status == "ok"
+        assert keras.config.floatx() == saved
+
+
+@pytest.mark.parametrize("arch,gate", [("single", "nand"), ("multi", "xor")])
+def test_keras_fit_on_a_repeated_dataset_is_fit_on_arrays(arch, gate):
+    # The optimizer level feeds model.fit a repeated one-batch tf.data.Dataset
+    # (fast) instead of fit(x, y, batch_size=rows, shuffle=False) (slow): same steps.
+    require("tensorflow")
+    import keras
+    import tensorflow as tf
+
+    from backends import tensorflow_backend as tfb
+
+    spec = TrainSpec.from_cell(make_cell("tensorflow", "optimizer", arch, gate, epochs=40))
+    results = []
+    with tfb._floatx(keras, spec.dtype):
+        for data in ({"x": spec.x, "y": spec.y, "batch_size": len(spec.x)},
+                     {"x": tfb.full_batch(tf, spec), "steps_per_epoch": 1}):
+            model, read = tfb._build(keras, spec)
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr),
+                          loss=keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
+                                                               dtype=spec.dtype),
+                          jit_compile=False)
+            history = model.fit(epochs=spec.epochs, shuffle=False, verbose=0, **data)
+            results.append((read(), history.history["loss"]))
+    (arrays, curve_a), (dataset, curve_d) = results
+    assert curve_a == curve_d and len(curve_a) == spec.epochs
+    for name in arrays:
+        assert arrays[name].dtype == np.float64
+        assert np.array_equal(arrays[name], dataset[name])
+
+
+def test_tensorflow_records_graph_mode():
+    require("tensorflow")
+    for level in ("raw", "module", "optimizer"):
+        info = cached_run(make_cell("tensorflow", level, "single", "and")).info
+        assert info == {"mode": "tf.function", "jit_compile": False}
+
+
+def test_autograd_sgd_state_dtype_is_recorded():
+    require("autograd")
+    for dtype in ("float32", "float64"):
+        rec = cached_run(make_cell("autograd", "optimizer", "single", "xor", seed=3, dtype=dtype))
+        assert rec.info == {"sgd_state_dtype": "float64"}
+
+
+def test_chainer_mean_losses_are_not_sums():
+    # Why the module level sums reduce='no': normalize=False still divides by the batch.
+    require("chainer")
+    import chainer.functions as F
+
+    z = np.array([[0.3], [-1.2], [2.0], [0.1]])
+    t = np.array([[1], [0], [1], [0]], dtype=np.int32)
+    total = float(F.sum(F.sigmoid_cross_entropy(z, t, reduce="no")).array)
+    assert float(F.sigmoid_cross_entropy(z, t, normalize=False).array) == pytest.approx(total / 4)
