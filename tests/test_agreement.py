@@ -30,6 +30,12 @@ VARIANTS = {
 }
 
 
+# Gluon's SigmoidBinaryCrossEntropyLoss has gradient -y instead of 0.5 - y at a
+# logit of exactly 0, which only a zero start produces (backends/mxnet_backend.py,
+# tests/test_backends.py): those cells leave the reference, and must be seen to.
+GLUON_LOSS_AT_ZERO = {("mxnet", "module", "zeros"), ("mxnet", "optimizer", "zeros")}
+
+
 def supported(backend, levels):
     for level in levels:
         for arch in ARCHS:
@@ -52,8 +58,11 @@ def test_float64_agrees_with_reference(backend, variant):
     for level, arch in supported(backend, GRADIENT_LEVELS):
         for gate in GATES if arch == "single" else multi_gates:
             ref = cached_run(make_cell("numpy", "raw", arch, gate, seed=seed, init=init))
-            assert_matches_reference(
-                cached_run(make_cell(backend, level, arch, gate, seed=seed, init=init)), ref)
+            rec = cached_run(make_cell(backend, level, arch, gate, seed=seed, init=init))
+            if (backend, level, init) in GLUON_LOSS_AT_ZERO:
+                assert relative_deviation(rec.params_final, ref.params_final) > 1e-6
+            else:
+                assert_matches_reference(rec, ref)
 
 
 def test_variants_cover_every_gate():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from harness import registry
+from harness.compare import relative_deviation, tolerance
 from harness.tasks import TrainSpec
 
 from conftest import cached_run, make_cell, require
@@ -89,3 +90,39 @@ def test_chainer_mean_losses_are_not_sums():
     t = np.array([[1], [0], [1], [0]], dtype=np.int32)
     total = float(F.sum(F.sigmoid_cross_entropy(z, t, reduce="no")).array)
     assert float(F.sigmoid_cross_entropy(z, t, normalize=False).array) == pytest.approx(total / 4)
+
+
+def test_gluon_loss_gradient_at_a_zero_logit():
+    # SigmoidBinaryCrossEntropyLoss = relu(x) - x y + softrelu(-|x|), and MXNet
+    # differentiates relu and |x| as 0 at x = 0: gradient -y, not sigmoid(0) - y.
+    require("mxnet")
+    from mxnet import autograd, gluon, nd
+
+    y = np.array([[1.0], [0.0]])
+    for x, expect in ((0.0, -y), (1e-300, 0.5 - y)):
+        z = nd.array(np.full((2, 1), x), dtype="float64")
+        z.attach_grad()
+        with autograd.record():
+            loss = gluon.loss.SigmoidBinaryCrossEntropyLoss()(z, nd.array(y, dtype="float64")).sum()
+        loss.backward()
+        assert np.array_equal(z.grad.asnumpy(), expect)
+
+
+@pytest.mark.parametrize("level", ["module", "optimizer"])
+def test_mxnet_from_zeros_is_gradient_descent_with_that_gradient(level):
+    # From zeros every logit of the first step is exactly 0; replaying the
+    # reference with -y there reproduces MXNet to float64 round-off.
+    require("mxnet")
+    from backends.numpy_backend import sigmoid
+
+    cell = make_cell("mxnet", level, "single", "and", init="zeros")
+    spec = TrainSpec.from_cell(cell)
+    W, b = spec.params["W"].copy(), spec.params["b"].copy()
+    for _ in range(cell.epochs):
+        z = spec.x @ W + b
+        dz = np.where(z == 0, -spec.y, sigmoid(z) - spec.y)
+        W, b = W - cell.lr * spec.x.T @ dz, b - cell.lr * dz.sum(axis=0)
+    rec = cached_run(cell)
+    assert relative_deviation(rec.params_final, {"W": W, "b": b}) <= tolerance("float64", cell.epochs)
+    reference = cached_run(make_cell("numpy", "raw", "single", "and", init="zeros"))
+    assert relative_deviation(rec.params_final, reference.params_final) > 1e-6
