@@ -42,15 +42,15 @@ Conventions adapted:
 Not adaptable (a finding): ``SigmoidBinaryCrossEntropyLoss`` computes
 ``relu(x) - x*y + softrelu(-|x|)`` and MXNet differentiates ``relu`` and
 ``abs`` as 0 at x = 0, so at a logit of exactly 0 its gradient is ``-y``
-instead of ``sigmoid(0) - y = 0.5 - y``.  Only a zero start (``--init
-zeros``) produces exactly-zero logits (every row, first step); from there
-the module and optimizer levels depart from the reference, deterministically:
-by 2e-5 to 2e-3 on single-layer cells, and qualitatively on multi-layer
-``not``, where the reference's zero start is a stationary point (gradient
-exactly 0, p stays 0.5) and Gluon's first step leaves it: MXNet learns
-``not`` there and no other framework does.  The raw level's written-out loss
-is not affected.  Writing the loss by hand would hide what Gluon does, so we
-don't.
+instead of ``sigmoid(0) - y = 0.5 - y``.  In practice only a zero start
+(``--init zeros``) produces exactly-zero logits (every row, first step);
+from there the module and optimizer levels depart from the reference,
+deterministically: by 2e-5 to 2e-3 on single-layer cells, 6e-4 to 0.09 on
+multi-layer ones, and qualitatively on multi-layer ``not``, where the zero
+start is a stationary point of the true loss (gradient exactly 0, p stays
+0.5) and Gluon's first step leaves it: MXNet learns ``not`` there and no
+other framework does.  The raw level's written-out loss is not affected.
+Writing the loss by hand would hide what Gluon does, so we don't.
 """
 from __future__ import annotations
 
