@@ -2,10 +2,12 @@
 
 * float64, seeds 1 and 2 and ``--init zeros``: every backend x gradient level
   x arch agrees with the numpy reference to the float64 tolerance.  Single
-  layer cells (100 steps) run every gate; multi-layer cells (1000 steps, up
-  to ~3 s each in MXNet and Chainer) run two gates per variant, chosen so the
-  three variants together cover all seven.  ``harness run`` over the full
-  matrix is the exhaustive check.
+  layer cells (100 steps) run every gate; multi-layer cells (1000 steps,
+  ~0.2-2.7 s each outside numpy) run a subset: the gates a hidden layer is
+  for, xor and xnor, and from zeros nand and not (not: a stationary start).
+  ``harness run`` plus scripts/check_agreement.py over the full matrix is the
+  exhaustive check.  One known exception, asserted to differ: MXNet's Gluon
+  loss from zeros (GLUON_LOSS_AT_ZERO).
 * float32: cells agree with ``float64_reference`` (same float32 start,
   float64 numpy) within ``FLOAT32_TOLERANCES``.
 * A learning rate float32 cannot represent (0.1): float64 still agrees,
@@ -24,11 +26,10 @@ from conftest import cached_run, make_cell, require
 
 # (seed, init, multi-layer gates)
 VARIANTS = {
-    "seed1": (1, "normal", ("xor", "and")),
-    "seed2": (2, "normal", ("xnor", "or")),
-    "zeros": (0, "zeros", ("nand", "nor", "not")),
+    "seed1": (1, "normal", ("xor",)),
+    "seed2": (2, "normal", ("xnor",)),
+    "zeros": (0, "zeros", ("nand", "not")),
 }
-
 
 # Gluon's SigmoidBinaryCrossEntropyLoss has gradient -y instead of 0.5 - y at a
 # logit of exactly 0, which only a zero start produces (backends/mxnet_backend.py,
@@ -65,16 +66,12 @@ def test_float64_agrees_with_reference(backend, variant):
                 assert_matches_reference(rec, ref)
 
 
-def test_variants_cover_every_gate():
-    assert {g for _, _, gates in VARIANTS.values() for g in gates} == set(GATES)
-
-
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
 def test_float32_within_table(backend):
-    # The cells the contract suite already runs in float32 (cached), and one more.
+    # The float32 cells the contract suite runs too (cached), and single-layer `and`.
     require(backend)
     for level, arch in supported(backend, registry.backend_module(backend).LEVELS):
-        cases = [("xor", 3), ("and", 0)] + ([("xor", 0)] if arch == "multi" else [])
+        cases = [("xor", 3)] + ([("xor", 0)] if arch == "multi" else [("and", 0)])
         for gate, seed in cases:
             cell = make_cell(backend, level, arch, gate, seed=seed, dtype="float32")
             rec = cached_run(cell)
