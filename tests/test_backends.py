@@ -126,3 +126,23 @@ def test_mxnet_from_zeros_is_gradient_descent_with_that_gradient(level):
     assert relative_deviation(rec.params_final, {"W": W, "b": b}) <= tolerance("float64", cell.epochs)
     reference = cached_run(make_cell("numpy", "raw", "single", "and", init="zeros"))
     assert relative_deviation(rec.params_final, reference.params_final) > 1e-6
+
+
+@pytest.mark.parametrize("backend", [b for b in registry.BACKENDS
+                                     if "raw" in registry.backend_module(b).LEVELS])
+def test_raw_loss_and_grad_is_the_hand_derived_one(backend):
+    require(backend)
+    from backends import numpy_backend
+
+    mod = registry.backend_module(backend)
+    for dtype in ("float32", "float64"):
+        for arch, gate in (("single", "nand"), ("multi", "xor"), ("multi", "not")):
+            spec = TrainSpec.from_cell(make_cell(backend, "raw", arch, gate, seed=2, dtype=dtype))
+            loss, grads = mod.loss_and_grad(spec)
+            want_loss, want = numpy_backend.loss_and_grad(spec)
+            assert list(grads) == list(want)
+            atol = 1e-12 if dtype == "float64" else 1e-5
+            assert loss == pytest.approx(want_loss, abs=atol)
+            for name, g in grads.items():
+                assert g.dtype == np.dtype(dtype) and g.shape == want[name].shape
+                np.testing.assert_allclose(g, want[name], rtol=0, atol=atol)
