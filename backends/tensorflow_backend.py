@@ -33,9 +33,11 @@ Conventions adapted:
   (``model.fit``'s data adapter), the compiled total loss and the loss
   tracker to floatx and keep ``SGD``'s learning rate in a floatx variable
   (0.1 would become float32(0.1)).  Training therefore runs with floatx set
-  to the cell's dtype, restored on exit (``keras.config.set_floatx`` is
-  process-global); layers also get ``dtype=`` explicitly, so a global dtype
-  policy cannot change them.
+  to the cell's dtype and the global dtype policy unset (so it follows
+  floatx), both restored exactly on exit: ``set_floatx`` is process-global,
+  and the first ``keras.config.dtype_policy()`` call stores the policy of
+  the floatx of the moment for good.  Layers also get ``dtype=``
+  explicitly.
 * ``keras.optimizers.SGD`` defaults to momentum 0, no weight decay, no
   clipping, no EMA: plain ``v -= lr * g``.
 * ``model.fit`` shuffles by default and uses batches of 32; one epoch must be
@@ -135,12 +137,25 @@ def _train_raw(tf, spec: TrainSpec):
 
 @contextlib.contextmanager
 def _floatx(keras, dtype: str):
-    saved = keras.config.floatx()
+    """Keras' float defaults set to ``dtype`` inside, restored exactly on exit.
+
+    Besides floatx, the global dtype policy: it is unset until something asks
+    for it, and then ``keras.config.dtype_policy()`` stores
+    ``DTypePolicy(floatx())`` for good, so asking inside would leave the
+    cell's dtype behind as every later layer's default.  Inside it is unset
+    (it follows floatx, even if the caller had set one); on exit it is put
+    back as it was, unset or not.
+    """
+    from keras.src.backend.common import global_state  # no public way to unset it
+
+    saved = keras.config.floatx(), global_state.get_global_attribute("dtype_policy")
     keras.config.set_floatx(dtype)
+    global_state.set_global_attribute("dtype_policy", None)
     try:
         yield
     finally:
-        keras.config.set_floatx(saved)
+        keras.config.set_floatx(saved[0])
+        global_state.set_global_attribute("dtype_policy", saved[1])
 
 
 def full_batch(tf, spec: TrainSpec):

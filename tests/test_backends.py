@@ -4,6 +4,7 @@ import pytest
 
 from harness import registry
 from harness.compare import relative_deviation, tolerance
+from harness.runner import run_cell
 from harness.tasks import TrainSpec
 
 from conftest import cached_run, make_cell, require
@@ -27,15 +28,29 @@ def test_a_float64_cell_leaves_nothing_behind(backend):
     assert before.loss_curve == after.loss_curve
 
 
-def test_keras_floatx_is_restored():
+@pytest.mark.parametrize("policy", [None, "mixed_float16"])
+def test_keras_float_defaults_are_restored(policy):
+    # floatx and the global dtype policy (unset, or set by the caller) come back
+    # as they were, and a caller's policy does not reach the cell.
     require("tensorflow")
     import keras
+    from keras.src.backend.common import global_state
 
-    saved = keras.config.floatx()
-    for level in ("module", "optimizer"):
-        rec = cached_run(make_cell("tensorflow", level, "single", "and"))
-        assert rec.status == "ok"
-        assert keras.config.floatx() == saved
+    saved = keras.config.floatx(), global_state.get_global_attribute("dtype_policy")
+    try:
+        if policy:
+            keras.config.set_dtype_policy(policy)
+        before = global_state.get_global_attribute("dtype_policy")
+        for level in ("module", "optimizer"):
+            cell = make_cell("tensorflow", level, "single", "and", seed=7)
+            rec = run_cell(cell)
+            ref = cached_run(make_cell("numpy", "raw", "single", "and", seed=7))
+            assert relative_deviation(rec.params_final, ref.params_final) <= 1e-9
+            assert keras.config.floatx() == saved[0]
+            assert global_state.get_global_attribute("dtype_policy") is before
+    finally:
+        keras.config.set_floatx(saved[0])
+        global_state.set_global_attribute("dtype_policy", saved[1])
 
 
 @pytest.mark.parametrize("arch,gate", [("single", "nand"), ("multi", "xor")])
