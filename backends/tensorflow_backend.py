@@ -51,9 +51,12 @@ Conventions adapted:
   ``history.history['loss']`` holds the loss computed inside each step before
   its update, as our ``loss_curve`` requires.
 * TensorFlow's CPU graphs are rewritten for oneDNN (``TF_ENABLE_ONEDNN_OPTS``,
-  on by default on x86), which can change float32 round-off.  It declines
-  float64 ops (logging ``Not handling type DT_DOUBLE`` at each trace, which
-  is harmless): float64 runs on TensorFlow's own kernels.
+  on by default on x86), which can change float32 round-off.  The rewrite
+  does not handle float64: each trace of a float64 Keras step logs ``Not
+  handling type DT_DOUBLE`` (gone with ``TF_ENABLE_ONEDNN_OPTS=0``); float64
+  results match the reference either way.
+* Keras names layers from a process-wide counter (``dense``, ``dense_1``,
+  ...); names only, nothing numeric carries over between cells.
 """
 from __future__ import annotations
 
