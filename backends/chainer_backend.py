@@ -16,8 +16,9 @@ Conventions adapted:
 * ``F.sigmoid_cross_entropy`` cannot sum: ``reduce`` is ``'mean'`` or
   ``'no'``, and with ``reduce='mean'`` it divides by the number of labels
   (``normalize=True``) or, with the notebook's ``normalize=False``, by the
-  batch size (``len(x)``) -- still a mean over rows, which is why the
-  notebook's Chainer cells learned 4x slower than its PyTorch ones.  We use
+  batch size (``len(x)``) -- still a mean over rows, so each step is a
+  quarter of ours on 4 rows: why the notebook's Chainer NAND weights (-2.1)
+  trail its PyTorch ones (-4.2) after the same 100 steps.  We use
   ``reduce='no'`` and ``F.sum``.
 * ``F.sigmoid_cross_entropy`` wants integer labels (``t.dtype.kind == 'i'``):
   the targets are passed as int32.
