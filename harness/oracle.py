@@ -46,6 +46,11 @@ from harness.tasks import PERCEPTRON_LEVELS, truth_table
 RULES = ("gradient", "perceptron", "perceptron-batch")
 
 
+def rule_of(level: str) -> str:
+    """The oracle's rule for a level: the gradient levels share one."""
+    return level if level in PERCEPTRON_LEVELS else "gradient"
+
+
 @dataclass(frozen=True)
 class Problem:
     """What the oracle needs to know about a cell; hashable, so it caches."""
@@ -60,7 +65,7 @@ class Problem:
 
     @classmethod
     def of(cls, record) -> "Problem":
-        rule = record.level if record.level in PERCEPTRON_LEVELS else "gradient"
+        rule = rule_of(record.level)
         params = tuple((name, np.shape(v), tuple(np.asarray(v, dtype=np.float64).ravel().tolist()))
                        for name, v in record.params_init.items())
         return cls(record.arch, record.gate, rule, float(record.lr), int(record.epochs), params)
