@@ -158,33 +158,56 @@ def convergence(records: list[Record]) -> list[Convergence]:
 # ------------------------------------------------------------------- findings
 
 def _seeds(seeds) -> str:
-    seeds = list(seeds)
-    return ", ".join(map(str, seeds[:8])) + (f" (+{len(seeds) - 8} more)" if len(seeds) > 8 else "")
+    """Sorted ints as ranges: 0-99, 3, 5-7."""
+    out: list[list[int]] = []
+    for s in sorted(seeds):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in out]
+    return ", ".join(text[:8]) + (f" (+{len(text) - 8} more)" if len(text) > 8 else "")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # e.g. "disagrees with the oracle"
+    group: str  # backend and level, or backend: findings are summarized per group
+    detail: str  # the cell and the numbers
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.group} {self.detail}"
 
 
 def findings(records: list[Record], conv: list[Convergence] | None = None,
-             levels: list[LevelMismatch] | None = None) -> list[str]:
-    """One line per finding, most serious first."""
+             levels: list[LevelMismatch] | None = None) -> list[Finding]:
+    """Every finding, most serious kind first."""
     records = sorted(records, key=lambda r: (_order(r), r.seed))
     out = []
+
+    def where(r):
+        return f"{r.backend} {r.level}", f"{r.arch} {r.gate} seed {r.seed}"
+
     for r in records:
         if r.status == "ok" and r.agrees is False:
-            where = (f"first divergence at epoch {r.first_divergence}"
+            first = (f"first divergence at epoch {r.first_divergence}"
                      if r.first_divergence is not None else "loss curve within the band")
-            out.append(f"disagrees with the oracle: {label(r)}: oracle_dev "
-                       f"{_num(r.oracle_dev)} > {r.tolerance:g}, {where}")
+            out.append(Finding("disagrees with the oracle", where(r)[0], f"{where(r)[1]}: "
+                               f"oracle_dev {_num(r.oracle_dev)} > {r.tolerance:g}, {first}"))
     for r in records:
         if r.status not in ("ok", "unsupported", "skipped"):
-            out.append(f"{r.status}: {label(r)}: {r.message.splitlines()[0] if r.message else ''}")
+            msg = r.message.splitlines()[0] if r.message else ""
+            out.append(Finding(r.status, where(r)[0], f"{where(r)[1]}: {msg}"))
     if levels is None:
         levels = level_agreement(records)[1]
     for m in levels:
-        out.append(f"levels disagree: {m.backend} {m.cell}: {m.levels[1]} vs {m.levels[0]} "
-                   f"dev {_num(m.dev)} > {m.tol:g}")
+        out.append(Finding("levels disagree", m.backend, f"{m.cell}: {m.levels[1]} vs "
+                           f"{m.levels[0]} dev {_num(m.dev)} > {m.tol:g}"))
     for r in records:
         if (r.status == "ok" and r.learned and r.arch == "single"
                 and r.gate in NOT_LINEARLY_SEPARABLE):
-            out.append(f"single-layer {r.gate} learned (impossible for one threshold unit): {label(r)}")
+            out.append(Finding("learned single-layer xor/xnor (impossible for one threshold "
+                               "unit)", where(r)[0], where(r)[1]))
     for c in conv if conv is not None else convergence(records):
         if c.differs:
             parts = []
@@ -192,9 +215,19 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
                 parts.append(f"learned only by {c.backend}: seeds {_seeds(c.only_backend)}")
             if c.only_oracle:
                 parts.append(f"learned only by the oracle: seeds {_seeds(c.only_oracle)}")
-            out.append(f"learned set differs from the oracle's: {c.backend} {c.level} {c.arch} "
-                       f"{c.gate}: {'; '.join(parts)}")
+            out.append(Finding("learned set differs from the oracle's", f"{c.backend} {c.level}",
+                               f"{c.arch} {c.gate}: {'; '.join(parts)}"))
     return out
+
+
+def summarize_findings(found: list[Finding]) -> list[str]:
+    """One line per kind and group: the count and the first example."""
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in found:
+        groups.setdefault((f.kind, f.group), []).append(f)
+    return [str(fs[0]) if len(fs) == 1 else
+            f"{kind}: {group}: {len(fs)} cells, e.g. {fs[0].detail}"
+            for (kind, group), fs in groups.items()]
 
 
 def _num(v) -> str:
@@ -246,7 +279,8 @@ def oracle_convergence_rows(conv: list[Convergence]) -> tuple[list[str], list[li
             if any((lv, arch, gate) in mine for lv in levels):
                 rows.append([arch, gate, *(convergence_cell(mine[(lv, arch, gate)])
                                            if (lv, arch, gate) in mine else "" for lv in levels)])
-    return ["arch", "gate", *levels], rows
+    names = {"gradient": "gradient (raw, module, optimizer)"}
+    return ["arch", "gate", *(names.get(lv, lv) for lv in levels)], rows
 
 
 def verdict_summary(records: list[Record]) -> str:
@@ -267,7 +301,5 @@ def verdict_summary(records: list[Record]) -> str:
                   format_table(header, rows)]
     found = findings(records, conv, mismatches)
     lines.append(f"findings: {len(found)}" if found else "findings: none")
-    lines += [f"  {f}" for f in found[:40]]
-    if len(found) > 40:
-        lines.append(f"  ... and {len(found) - 40} more (see the report)")
+    lines += [f"  {f}" for f in summarize_findings(found)]
     return "\n".join(lines)
