@@ -49,7 +49,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _order(rec):
+def record_order(rec):
     backends = list(registry.BACKENDS)
     return (backends.index(rec.backend) if rec.backend in backends else len(backends),
             LEVELS.index(rec.level), ARCHS.index(rec.arch), list(GATES).index(rec.gate))
@@ -129,7 +129,7 @@ def convergence(records: list[Record]) -> list[Convergence]:
     """Per backend x level x arch x gate; the oracle's own rows come first, as
     backend ``oracle`` with its rule as level (``gradient`` for raw, module
     and optimizer, which share a trajectory), over the seeds any backend ran."""
-    ok = sorted((r for r in records if r.status == "ok"), key=lambda r: (_order(r), r.seed))
+    ok = sorted((r for r in records if r.status == "ok"), key=lambda r: (record_order(r), r.seed))
     pairs = list(zip(ok, oracle.solve([oracle.Problem.of(r) for r in ok])))
     groups: dict[tuple, list] = {}
     for r, t in pairs:
@@ -157,7 +157,7 @@ def convergence(records: list[Record]) -> list[Convergence]:
 
 # ------------------------------------------------------------------- findings
 
-def _seeds(seeds) -> str:
+def seed_ranges(seeds) -> str:
     """Sorted ints as ranges: 0-99, 3, 5-7."""
     out: list[list[int]] = []
     for s in sorted(seeds):
@@ -182,7 +182,7 @@ class Finding:
 def findings(records: list[Record], conv: list[Convergence] | None = None,
              levels: list[LevelMismatch] | None = None) -> list[Finding]:
     """Every finding, most serious kind first."""
-    records = sorted(records, key=lambda r: (_order(r), r.seed))
+    records = sorted(records, key=lambda r: (record_order(r), r.seed))
     out = []
 
     def where(r):
@@ -212,9 +212,9 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
         if c.differs:
             parts = []
             if c.only_backend:
-                parts.append(f"learned only by {c.backend}: seeds {_seeds(c.only_backend)}")
+                parts.append(f"learned only by {c.backend}: seeds {seed_ranges(c.only_backend)}")
             if c.only_oracle:
-                parts.append(f"learned only by the oracle: seeds {_seeds(c.only_oracle)}")
+                parts.append(f"learned only by the oracle: seeds {seed_ranges(c.only_oracle)}")
             out.append(Finding("learned set differs from the oracle's", f"{c.backend} {c.level}",
                                f"{c.arch} {c.gate}: {'; '.join(parts)}"))
     return out
@@ -239,7 +239,7 @@ def _num(v) -> str:
 def verdict_rows(records: list[Record]) -> list[list[str]]:
     """backend, level, ok, agree, disagree, worst oracle_dev / tolerance."""
     table: dict[tuple[str, str], list] = {}
-    for r in sorted(records, key=_order):
+    for r in sorted(records, key=record_order):
         if r.status != "ok":
             continue
         row = table.setdefault((r.backend, r.level), [0, 0, 0, 0.0])
@@ -286,9 +286,11 @@ def oracle_convergence_rows(conv: list[Convergence]) -> tuple[list[str], list[li
 def verdict_summary(records: list[Record]) -> str:
     """The text ``harness run`` prints after its counts."""
     records = ensure_judged(records)
+    rows = verdict_rows(records)
+    if not rows:
+        return "verdicts: no ok cells to judge"
     lines = ["verdicts against the float64 oracle (dev/tol: worst oracle_dev / tolerance):",
-             format_table(["backend", "level", "ok", "agree", "disagree", "dev/tol"],
-                          verdict_rows(records))]
+             format_table(["backend", "level", "ok", "agree", "disagree", "dev/tol"], rows)]
     agree, mismatches = level_agreement(records)
     if agree:
         lines.append("levels agree within each backend: " + ", ".join(

@@ -246,7 +246,7 @@ def curve_cells(records: list[Record]) -> list[tuple]:
         g = gate if gate in gates else min(gates, key=list(GATES).index)
         cell = (arch, g, min(r.seed for r in mine if r.gate == g))
         picks.append(cell)
-        bad = sorted((r for r in mine if r.agrees is False), key=lambda r: (r.seed, analysis._order(r)))
+        bad = sorted((r for r in mine if r.agrees is False), key=lambda r: (r.seed, analysis.record_order(r)))
         if bad and not any((r.arch, r.gate, r.seed) == cell for r in bad):
             picks.append((arch, bad[0].gate, bad[0].seed))
     return picks
@@ -254,7 +254,7 @@ def curve_cells(records: list[Record]) -> list[tuple]:
 
 def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     recs = sorted((r for r in records if r.status == "ok" and r.level in GRADIENT_LEVELS
-                   and (r.arch, r.gate, r.seed) == (arch, gate, seed)), key=analysis._order)
+                   and (r.arch, r.gate, r.seed) == (arch, gate, seed)), key=analysis.record_order)
     traj = oracle.trajectory(recs[0])
     ref = np.append(traj.loss_curve, traj.loss_final)
     t = np.arange(len(ref))
@@ -300,7 +300,7 @@ def surface_record(records: list[Record], arch: str, gate: str) -> Record | None
     """The record whose surface is drawn: smallest seed, then the first
     backend and level that agrees with the oracle (any ok one if none does)."""
     ok = sorted((r for r in records if r.status == "ok" and (r.arch, r.gate) == (arch, gate)),
-                key=lambda r: (r.seed, r.agrees is not True, analysis._order(r)))
+                key=lambda r: (r.seed, r.agrees is not True, analysis.record_order(r)))
     return ok[0] if ok else None
 
 
@@ -409,8 +409,8 @@ def _fmt_conv(c: analysis.Convergence) -> list[str]:
     vs = "same as oracle" if c.backend != "oracle" and not c.differs else ""
     if c.differs:
         vs = "; ".join(x for x in (
-            f"+{analysis._seeds(c.only_backend)}" if c.only_backend else "",
-            f"-{analysis._seeds(c.only_oracle)}" if c.only_oracle else "") if x)
+            f"+{analysis.seed_ranges(c.only_backend)}" if c.only_backend else "",
+            f"-{analysis.seed_ranges(c.only_oracle)}" if c.only_oracle else "") if x)
     return [c.backend, c.level, c.arch, c.gate, str(c.n), str(c.learned), f"{c.fraction:.2f}",
             f"[{c.low:.2f}, {c.high:.2f}]", med, vs]
 
@@ -438,7 +438,7 @@ def _manifest_rows(man: dict) -> list[list[str]]:
     for k, v in man.get("versions", {}).items():
         rows.append([f"version.{k}", str(v)])
     for k, v in man.get("config", {}).items():
-        rows.append([f"config.{k}", analysis._seeds(v) if k == "seeds" and isinstance(v, list)
+        rows.append([f"config.{k}", analysis.seed_ranges(v) if k == "seeds" and isinstance(v, list)
                      else str(v)])
     return rows
 
@@ -574,11 +574,12 @@ def write_report(run_dir) -> Path:
              ("failed", sum(r.status not in ("ok", "unsupported", "skipped") for r in records)),
              ("findings", len(found))]
     groups = analysis.summarize_findings(found)
-    headline = ("Every ok cell agrees with the oracle; no findings." if not found else
+    headline = ("No ok cells to judge." if not ok and not found else
+                "Every ok cell agrees with the oracle; no findings." if not found else
                 f"{len(found)} finding(s) in {len(groups)} group(s): "
                 + "; ".join(g.split(", e.g.")[0] for g in groups[:3])
                 + ("; ..." if len(groups) > 3 else ""))
-    meta = (f"{man.get('created_at', '')} · seeds {analysis._seeds(seeds)} · "
+    meta = (f"{man.get('created_at', '')} · seeds {analysis.seed_ranges(seeds)} · "
             f"dtype {', '.join(sorted({r.dtype for r in records}))} · commit "
             f"{str(man.get('git', {}).get('commit'))[:12]}")
 

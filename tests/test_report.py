@@ -31,7 +31,8 @@ def run(tmp_path_factory):
     """A run with two backends, every kind of level, both archs, two seeds."""
     out = tmp_path_factory.mktemp("runs") / "run"
     r = harness("run", "--backends", "numpy,torch", "--levels", "raw,optimizer,perceptron",
-                "--gates", "nand,xor,not", "--seeds", "0-1", "--dtype", "float64", "--out", str(out))
+                "--gates", "nand,xor,not", "--seeds", "0-1", "--epochs", "300", "--dtype", "float64",
+                "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "verdicts against the float64 oracle" in r.stdout and "findings: none" in r.stdout
     assert f"report: {out}/report.html" in r.stdout
@@ -148,3 +149,12 @@ def test_diff_compares_status_and_verdict():
                                                                         rec.loss_curve[1:]]])
     why = compare_records(rec, judge(tilted))
     assert why == ["agrees True -> False", "first_divergence None -> 1"]
+
+
+def test_report_modules_import_no_framework():
+    code = ("import json, sys; import harness.oracle, harness.analysis, harness.report, "
+            "harness.diff, harness.gradcheck; print(json.dumps([m for m in ['torch', "
+            "'tensorflow', 'mxnet', 'chainer', 'autograd', 'matplotlib'] if m in sys.modules]))")
+    r = harness(code=code)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
