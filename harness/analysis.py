@@ -70,10 +70,11 @@ class LevelMismatch:
     tol: float
 
 
-def level_agreement(records: list[Record]) -> tuple[dict[str, tuple[int, int]], list[LevelMismatch]]:
+def level_agreement(records: list[Record]
+                    ) -> tuple[dict[str, tuple[int, int]], list[LevelMismatch]]:
     """({backend: (cells agreeing, cells compared)}, mismatches)."""
     groups: dict[tuple, list[Record]] = {}
-    for r in records:
+    for r in sorted(records, key=record_order):
         if r.status == "ok" and r.level in GRADIENT_LEVELS:
             key = (r.backend, r.arch, r.gate, r.seed, r.dtype, r.init, r.init_scale, r.lr,
                    r.epochs, r.hidden)
@@ -89,8 +90,8 @@ def level_agreement(records: list[Record]) -> tuple[dict[str, tuple[int, int]], 
         for other in group[1:]:
             dev = relative_deviation(other.params_final, first.params_final)
             if not dev <= tol:
-                bad.append(LevelMismatch(first.backend, label(first).split(" ", 2)[2],
-                                         (first.level, other.level), dev, tol))
+                cell = f"{first.arch} {first.gate} seed {first.seed}"
+                bad.append(LevelMismatch(first.backend, cell, (first.level, other.level), dev, tol))
         c = counts.setdefault(first.backend, [0, 0])
         c[0] += not bad
         c[1] += 1
@@ -129,7 +130,8 @@ def convergence(records: list[Record]) -> list[Convergence]:
     """Per backend x level x arch x gate; the oracle's own rows come first, as
     backend ``oracle`` with its rule as level (``gradient`` for raw, module
     and optimizer, which share a trajectory), over the seeds any backend ran."""
-    ok = sorted((r for r in records if r.status == "ok"), key=lambda r: (record_order(r), r.seed))
+    ok = sorted((r for r in records if r.status == "ok"),
+                key=lambda r: (record_order(r), r.seed))
     pairs = list(zip(ok, oracle.solve([oracle.Problem.of(r) for r in ok])))
     groups: dict[tuple, list] = {}
     for r, t in pairs:

@@ -92,8 +92,10 @@ def diff_runs(dir_a, dir_b) -> RunDiff:
     va, vb = man_a.get("versions", {}), man_b.get("versions", {})
     out.versions = [f"{k}: {va.get(k)} (A) vs {vb.get(k)} (B)"
                     for k in sorted(va.keys() | vb.keys()) if va.get(k) != vb.get(k)]
-    out.only_a = [label(index_a[k]) for k in sorted(index_a.keys() - index_b.keys(), key=str)]
-    out.only_b = [label(index_b[k]) for k in sorted(index_b.keys() - index_a.keys(), key=str)]
+    out.only_a = [label(r) for r in sorted((index_a[k] for k in index_a.keys() - index_b.keys()),
+                                           key=lambda r: r.cell.key)]
+    out.only_b = [label(r) for r in sorted((index_b[k] for k in index_b.keys() - index_a.keys()),
+                                           key=lambda r: r.cell.key)]
     return out
 
 

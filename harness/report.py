@@ -246,7 +246,8 @@ def curve_cells(records: list[Record]) -> list[tuple]:
         g = gate if gate in gates else min(gates, key=list(GATES).index)
         cell = (arch, g, min(r.seed for r in mine if r.gate == g))
         picks.append(cell)
-        bad = sorted((r for r in mine if r.agrees is False), key=lambda r: (r.seed, analysis.record_order(r)))
+        bad = sorted((r for r in mine if r.agrees is False),
+                     key=lambda r: (r.seed, analysis.record_order(r)))
         if bad and not any((r.arch, r.gate, r.seed) == cell for r in bad):
             picks.append((arch, bad[0].gate, bad[0].seed))
     return picks
@@ -267,7 +268,7 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     for r in recs:
         curve = np.array([np.nan if v is None else v for v in [*r.loss_curve, r.loss_final]])
         style = dict(color=colours.get(r.backend, "black"), ls=LEVEL_STYLES[r.level], lw=1.3)
-        top.plot(t, curve, label=f"{r.backend} {r.level}", **style)
+        top.plot(t, curve, **style)
         band = np.abs(curve - ref) / np.maximum(np.abs(ref), 1.0)
         bottom.plot(t, np.maximum(band, floor), **style)
         if r.first_divergence is not None:
@@ -289,7 +290,15 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     dtype = recs[0].dtype
     top.set_title(f"{arch}-layer {gate}, seed {seed} ({dtype}): every backend and level over the "
                   f"oracle (grey); exact zeros drawn at {floor:g}", loc="left")
-    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    # Colour says the backend, line style the level: a legend of 9, not 18.
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color="#bbbbbb", lw=6, label="oracle")]
+    handles += [Line2D([], [], color=colours.get(b, "black"), lw=2, label=b)
+                for b in dict.fromkeys(r.backend for r in recs)]
+    handles += [Line2D([], [], color="black", ls=LEVEL_STYLES[lv], lw=1.3, label=lv)
+                for lv in GRADIENT_LEVELS if any(r.level == lv for r in recs)]
+    top.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+               fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -484,9 +493,8 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
 th{background:#fafafa} tr:nth-child(even) td{background:#fcfcfc}
 td:nth-child(n+3){font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee;margin:8px 0}
-.findings li{margin:2px 0} .muted{color:#777;font-size:.9em}
+.findings li{margin:2px 0}
 details summary{cursor:pointer;color:#1565c0;margin:8px 0}
-code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
 """
 
 
@@ -541,8 +549,10 @@ def write_report(run_dir) -> Path:
                 "the first epoch a curve leaves the tolerance band.", curves))
         sections.append(Section(
             "Decision surfaces", "",
-            (("report-surfaces.png", "decision surfaces", _png(fig_surfaces(plt, records, grid))),)))
-        level_rows = [[b, f"{a}/{n}", "yes" if a == n else "NO"] for b, (a, n) in agree_counts.items()]
+            (("report-surfaces.png", "decision surfaces",
+              _png(fig_surfaces(plt, records, grid))),)))
+        level_rows = [[b, f"{a}/{n}", "yes" if a == n else "NO"]
+                      for b, (a, n) in agree_counts.items()]
         level_text = ("Within one backend, raw, module and optimizer of the same cell must give "
                       "the same params_final (to the tolerance).")
         sections.append(Section("Level agreement", level_text,
@@ -581,7 +591,7 @@ def write_report(run_dir) -> Path:
                 + ("; ..." if len(groups) > 3 else ""))
     meta = (f"{man.get('created_at', '')} · seeds {analysis.seed_ranges(seeds)} · "
             f"dtype {', '.join(sorted({r.dtype for r in records}))} · commit "
-            f"{str(man.get('git', {}).get('commit'))[:12]}")
+            f"{(man.get('git', {}).get('commit') or 'unknown')[:12]}")
 
     written = _write_pngs(run_dir, sections)
     _write_html(run_dir, sections, stats, headline, found, meta, not found)
@@ -643,7 +653,8 @@ def _write_md(run_dir, sections, stats, headline, found, meta):
     lines += [f"- {f}" for f in analysis.summarize_findings(found)] or ["None."]
     if found:
         lines += ["", f"All {len(found)} findings:", "",
-                  _md_table(["finding", "where", "cell"], [[f.kind, f.group, f.detail] for f in found])]
+                  _md_table(["finding", "where", "cell"],
+                            [[f.kind, f.group, f.detail] for f in found])]
     for s in sections:
         lines += ["", f"## {s.title}", ""]
         if s.text:
