@@ -30,7 +30,7 @@ A verdict (``judge``) compares a record with its trajectory:
   units swapped): then first_divergence is None but agrees is False.
 * ``learned_epoch``: the number of updates after which every row first came
   out right, read from the oracle's trajectory, which the cell follows when
-  it agrees; None when the cell disagrees or never learned.
+  it agrees; None when the cell disagrees or does not end learned.
 * Records that are not ``ok`` get None for every verdict field.
 """
 from __future__ import annotations
@@ -91,7 +91,8 @@ class Trajectory:
 
     @property
     def learned_epoch(self) -> int | None:
-        return int(np.argmax(self.all_right)) if self.all_right.any() else None
+        """First t with every row right, for trajectories that end learned."""
+        return int(np.argmax(self.all_right)) if self.learned else None
 
 
 # ------------------------------------------------------------------ maths
