@@ -1,4 +1,4 @@
-"""Command line: ``harness run`` and ``harness list``.
+"""Command line: ``harness run``, ``list``, ``gradcheck``, ``report`` and ``diff``.
 
 Bad input exits with status 2 and one line on stderr, before anything is
 written.
@@ -46,8 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", help="default: 100 for single, 1000 for multi")
     run.add_argument("--hidden", help="hidden units of the multi arch (default 2)")
     run.add_argument("--out", help="run folder (default results/<UTC timestamp>/)")
+    run.add_argument("--no-report", dest="no_report", action="store_true",
+                     help="do not write report.html / report.md at the end")
 
     sub.add_parser("list", help="backends with state, version and levels; gates; archs")
+
+    grad = sub.add_parser("gradcheck", help="loss and gradient of every backend's raw level "
+                          "against the oracle and finite differences")
+    grad.add_argument("--backends", default="all", help="comma list, or 'all'")
+    grad.add_argument("--seed", default="0", help="seed of the initial-parameter points (default 0)")
+    grad.add_argument("--gate", default="xor", help="truth table of those points (default xor)")
+    grad.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+
+    rep = sub.add_parser("report", help="write DIR/report.html and DIR/report.md")
+    rep.add_argument("dir", help="a run folder")
+
+    dif = sub.add_parser("diff", help="compare two run folders cell by cell")
+    dif.add_argument("run_a")
+    dif.add_argument("run_b")
     return parser
 
 
@@ -92,7 +108,20 @@ def cmd_run(args) -> int:
     outcome = run_matrix(cells, run_dir, cfg, sys.argv)
     print(summary_table(outcome.records))
     print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
+    _verdicts_and_report(run_dir, outcome.records, not args.no_report)
     return 1 if outcome.errors else 0
+
+
+def _verdicts_and_report(run_dir: Path, records, report: bool) -> None:
+    from harness.analysis import verdict_summary
+
+    print(verdict_summary(records))
+    if report:
+        from harness.report import ReportUnavailable, write_report
+        try:
+            print(f"report: {write_report(run_dir)}")
+        except ReportUnavailable as exc:
+            print(f"report: skipped: {exc}")
 
 
 def cmd_list(args) -> int:
@@ -108,12 +137,55 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _choice_list(kind: str, text: str, valid) -> list[str]:
+    items = [v.strip() for v in text.split(",")]
+    if items == ["all"]:
+        return list(valid)
+    return [registry.check_choice(kind, v, valid) for v in items]
+
+
+def cmd_gradcheck(args) -> int:
+    from harness.gradcheck import check, table
+    from harness.tasks import DTYPES
+
+    backends = _choice_list("backend", args.backends, registry.BACKENDS)
+    registry.check_choice("gate", args.gate, GATES)
+    registry.check_choice("dtype", args.dtype, DTYPES)
+    if not args.seed.isdigit():
+        raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer.")
+    rows = check(backends, seed=int(args.seed), gate=args.gate, dtype=args.dtype)
+    print(table(rows, args.dtype))
+    bad = [r for r in rows if r.ok is False]
+    print(f"gradcheck: {len(bad)} mismatch(es)" if bad else "gradcheck: every backend agrees")
+    return 1 if bad else 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import ReportUnavailable, write_report
+    try:
+        print(f"report: {write_report(Path(args.dir))}")
+    except ReportUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from harness.diff import diff_runs, format_diff
+
+    d = diff_runs(args.run_a, args.run_b)
+    print(format_diff(d, args.run_a, args.run_b))
+    return 0 if d.clean else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    from harness.results import RunFolderError
+
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
-    except (UsageError, ConfigError, registry.UnknownChoice) as exc:
+        return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
+                "report": cmd_report, "diff": cmd_diff}[args.command](args)
+    except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -60,6 +60,12 @@ class Record:
     loss_curve: list[float] | None = None
     seconds: float | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The oracle's verdict (harness.oracle.judge); None unless status is ok.
+    oracle_dev: float | None = None
+    tolerance: float | None = None
+    agrees: bool | None = None
+    first_divergence: int | None = None
+    learned_epoch: int | None = None
 
     @property
     def cell(self) -> Cell:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from harness import registry
+from harness.oracle import judge
 from harness.results import Record, RecordWriter, manifest, write_manifest, write_tables
 from harness.tasks import DEFAULT_EPOCHS, Cell, TrainResult, TrainSpec, init_params
 
@@ -87,7 +88,7 @@ def run_cell(cell: Cell, version: str | None = None) -> Record:
         tb = traceback.format_exc(limit=-3).strip().splitlines()
         return Record.for_cell(cell, "error", f"{type(exc).__name__}: {exc}",
                                backend_version=version, info={"traceback": tb[-6:]})
-    return record_from_result(cell, version, result, seconds)
+    return judge(record_from_result(cell, version, result, seconds))
 
 
 @dataclass
