@@ -176,8 +176,10 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
     writer = RecordWriter(run_dir / "results.jsonl")
 
     def emit(record: Record) -> None:
-        writer.write(record)
+        # Memory first: after Ctrl-C the tables are rewritten from memory, so
+        # a record must not reach the file without being there.
         outcome.records.append(record)
+        writer.write(record)
         progress.update(record)
 
     repeat = config["repeat"]
