@@ -8,6 +8,10 @@
 * A worker serves one backend, imports its framework once, and runs that
   backend's cells one at a time until none are left.  One framework per
   process also sidesteps frameworks that misbehave together.
+* The probe is a worker too: ``start_workers`` starts one per backend at
+  once, and each says whether its import worked.  A run keeps the ones that
+  did as its first workers, so no framework is imported just to probe it;
+  ``probe`` (``harness list``) lets them go.
 * subprocess with JSON lines, not multiprocessing: nothing forks after a
   framework is loaded, nothing is pickled, a dead worker is simply a pipe at
   EOF plus an exit status, and its stderr sits in a file whose lines go
@@ -58,13 +62,6 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _spawn(args: list[str], stdin) -> tuple[subprocess.Popen, object]:
-    err = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "harness.worker", *args], stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=err, env=worker_env())
-    return proc, err
-
-
 def exit_cause(returncode: int) -> str:
     """'killed by SIGSEGV' or 'exited with status 3'."""
     if returncode < 0:
@@ -98,51 +95,6 @@ def crash_site(lines: list[str]) -> str:
     return lines[-1].strip() if lines else ""
 
 
-# ------------------------------------------------------------------- probing
-
-def probe(names, timeout: float = IMPORT_TIMEOUT) -> dict[str, Availability]:
-    """Availability of each backend, each imported in its own child process
-    (all at once).  A child that dies or hangs makes its backend `broken`."""
-    children = {}
-    try:
-        for name in names:
-            children[name] = _spawn(["--probe", name], subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        out = {}
-        for name, (proc, err) in children.items():
-            try:
-                # All started together; one that finished in time reads at once.
-                stdout, _ = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                out[name] = Availability(name, "broken", None,
-                                         f"import did not finish within {timeout:g} s")
-                continue
-            out[name] = _availability(name, proc.returncode, stdout, err)
-        return out
-    finally:
-        for proc, err in children.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            err.close()
-
-
-def _availability(name: str, returncode: int, stdout: bytes, err) -> Availability:
-    first = stdout.split(b"\n", 1)[0]
-    try:
-        hello = json.loads(first)
-        # The answer stands even if the child crashed afterwards, at exit.
-        return Availability(name, hello["state"], hello["version"], hello["detail"])
-    except (ValueError, KeyError, TypeError):
-        site = crash_site(_stderr_lines(err))
-        return Availability(name, "broken", None,
-                            f"import {exit_cause(returncode)}" + (f": {site}" if site else ""))
-
-
-# ------------------------------------------------------------------- running
-
 @dataclass(frozen=True)
 class Task:
     """One run of a cell; --repeat runs the same cell as several tasks."""
@@ -156,22 +108,37 @@ class Task:
 
 
 class Worker:
-    """A worker process for one backend, running at most one task at a time."""
+    """A worker process for one backend, running at most one task at a time.
 
-    def __init__(self, backend: str, task: Task):
+    Its first message (``hello``) says whether the framework imported; until
+    then ``deadline`` is the import's.
+    """
+
+    def __init__(self, backend: str):
         self.backend = backend
-        self.proc, self.err = _spawn([backend], subprocess.PIPE)
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker", backend],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, env=worker_env())
         self.fd = self.proc.stdout.fileno()
         self.buffer = b""
-        self.ready = False
-        self.import_seconds = 0.0
-        self.refused = ""  # set when this worker could not import its framework
+        self.hello: dict | None = None
         self.task: Task | None = None
-        self.deadline: float | None = None
-        self.assign(task, time.monotonic() + IMPORT_TIMEOUT)
+        self.deadline: float | None = time.monotonic() + IMPORT_TIMEOUT
+        self.err_start = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.hello is not None and self.hello["state"] == "ok"
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and self.task is None
 
     def assign(self, task: Task, deadline: float | None) -> None:
-        self.task, self.deadline = task, deadline
+        self.task = task
+        if self.ready:
+            self.deadline = deadline
         self.err_start = os.fstat(self.err.fileno()).st_size
         try:
             self.proc.stdin.write((json.dumps(task.cell.to_dict()) + "\n").encode())
@@ -180,12 +147,25 @@ class Worker:
             pass  # it died; EOF on its stdout reports it
 
     def read(self) -> list[dict] | None:
-        """Complete messages received so far, or None at EOF."""
+        """Records received so far (the hello is kept aside), or None at EOF."""
         data = os.read(self.fd, 1 << 16)
         if not data:
             return None
         *lines, self.buffer = (self.buffer + data).split(b"\n")
-        return [json.loads(line) for line in lines]
+        messages = [json.loads(line) for line in lines]
+        for msg in messages:
+            if "state" in msg:
+                self.hello, self.deadline = msg, None
+        return [msg["record"] for msg in messages if "record" in msg]
+
+    def death(self) -> str:
+        """Why this worker's process ended, in words (after EOF)."""
+        self.proc.wait()
+        if self.hello and not self.ready:
+            return f"worker could not import {self.backend} ({self.hello['state']}: " \
+                   f"{self.hello['detail']})"
+        where = "while running this cell" if self.ready else f"while importing {self.backend}"
+        return f"worker process {exit_cause(self.proc.returncode)} {where}"
 
     def stderr_lines(self) -> list[str]:
         return _stderr_lines(self.err, self.err_start)
@@ -202,8 +182,73 @@ class Worker:
             self.proc.kill()
         self.proc.wait()
         for fh in (self.proc.stdin, self.proc.stdout, self.err):
-            fh.close()
+            try:
+                fh.close()
+            except BrokenPipeError:
+                pass
 
+
+# ------------------------------------------------------------------- probing
+
+def start_workers(names, timeout: float = IMPORT_TIMEOUT
+                  ) -> tuple[dict[str, Availability], list[Worker]]:
+    """Start one worker per backend, all at once, and wait for each to import
+    its framework: (availability of each, the workers that are ready).  A
+    worker that dies or hangs while importing makes its backend `broken`."""
+    workers = [Worker(name) for name in names]
+    try:
+        waiting = list(workers)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select([w.fd for w in waiting], [], [],
+                                           deadline - time.monotonic())
+            for w in [w for w in waiting if w.fd in readable]:
+                if w.read() is None:
+                    w.proc.wait()  # EOF: it has exited, or is about to
+                    waiting.remove(w)
+                elif w.hello:
+                    waiting.remove(w)
+        avail = {w.backend: _availability(w, timeout) for w in workers}
+    except BaseException:
+        for w in workers:
+            w.kill()
+        raise
+    for w in workers:
+        if not w.ready:
+            w.kill()
+    return avail, [w for w in workers if w.ready]
+
+
+def _availability(w: Worker, timeout: float) -> Availability:
+    if w.hello:
+        return Availability(w.backend, w.hello["state"], w.hello["version"], w.hello["detail"])
+    if w.proc.poll() is None:
+        return Availability(w.backend, "broken", None, f"import did not finish within {timeout:g} s")
+    site = crash_site(_stderr_lines(w.err))
+    return Availability(w.backend, "broken", None,
+                        f"import {exit_cause(w.proc.returncode)}" + (f": {site}" if site else ""))
+
+
+def probe(names, timeout: float = IMPORT_TIMEOUT) -> dict[str, Availability]:
+    """Availability of each backend, each imported in a child process."""
+    avail, workers = start_workers(names, timeout)
+    for w in workers:
+        w.close()
+    for w in workers:
+        _still_running(w, 10)
+        w.kill()
+    return avail
+
+
+def _still_running(w: Worker, seconds: float) -> bool:
+    try:
+        w.proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+
+
+# ------------------------------------------------------------------- running
 
 @dataclass
 class BackendTiming:
@@ -218,63 +263,77 @@ class BackendTiming:
 
 
 class Engine:
-    """Runs tasks in at most `jobs` workers; calls on_result(task, record)
-    as each task ends, in completion order."""
+    """Runs tasks with at most `jobs` of them at a time, each in a worker
+    for its backend.  ``workers``: ready workers from start_workers."""
 
     def __init__(self, versions: dict[str, str | None], jobs: int, timeout: float | None,
-                 on_result: Callable[[Task, Record], None]):
+                 workers: list[Worker] = ()):
         self.versions, self.jobs, self.timeout = versions, jobs, timeout
-        self.on_result = on_result
         self.queues: dict[str, deque[Task]] = {}
         self.workers: list[Worker] = []
         self.closing: list[Worker] = []
         self.timing: dict[str, BackendTiming] = {}
+        for w in workers:
+            self._adopt(w)
 
-    def run(self, tasks: list[Task]) -> dict[str, BackendTiming]:
+    def _adopt(self, w: Worker) -> None:
+        self.workers.append(w)
+        self.timing.setdefault(w.backend, BackendTiming()).workers += 1
+
+    def run(self, tasks: list[Task], on_result: Callable[[Task, Record], None]
+            ) -> dict[str, BackendTiming]:
+        """Run every task; on_result(task, record) as each ends, in
+        completion order.  Every worker has ended when this returns."""
+        self.on_result = on_result
         # Longest first, so that no long cell is left for the end.
         for task in sorted(tasks, key=lambda t: -t.cost):
             self.queues.setdefault(task.cell.backend, deque()).append(task)
             self.timing.setdefault(task.cell.backend, BackendTiming())
+        for w in self.workers:
+            self.timing[w.backend].import_seconds += w.hello["import_seconds"]
         try:
             while True:
-                self._dispatch()  # starts workers while any cell is queued
+                self._dispatch()  # starts tasks while fewer than `jobs` run
                 if not self.workers:
                     break
                 self._wait()
             for w in self.closing:
-                try:
-                    w.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
+                _still_running(w, 10)
         finally:
-            for w in self.workers + self.closing:
-                w.kill()
+            self.shutdown()
         return self.timing
+
+    def shutdown(self) -> None:
+        """Kill every worker (idempotent)."""
+        for w in self.workers + self.closing:
+            w.kill()
 
     def _dispatch(self) -> None:
         for w in list(self.workers):
-            if w.ready and w.task is None:
-                queue = self.queues[w.backend]
-                if queue:
-                    w.assign(queue.popleft(), self._deadline())
-                else:
-                    w.close()
-                    self.workers.remove(w)
-                    self.closing.append(w)
-        while len(self.workers) < self.jobs:
-            backend = self._backend_for_new_worker()
+            if w.idle and not self.queues.get(w.backend):
+                w.close()
+                self.workers.remove(w)
+                self.closing.append(w)
+        while sum(w.task is not None for w in self.workers) < self.jobs:
+            backend = self._next_backend()
             if backend is None:
                 break
-            self.workers.append(Worker(backend, self.queues[backend].popleft()))
-            self.timing[backend].workers += 1
+            w = next((w for w in self.workers if w.backend == backend and w.idle), None)
+            if w is None:
+                w = Worker(backend)
+                self._adopt(w)
+            w.assign(self.queues[backend].popleft(), self._deadline())
 
-    def _backend_for_new_worker(self) -> str | None:
+    def _next_backend(self) -> str | None:
+        """The backend with the most queued work per running task, among those
+        with an idle worker or worth a new one (each new worker imports anew)."""
         best, best_share = None, 0.0
         for backend, queue in self.queues.items():
-            n = sum(w.backend == backend for w in self.workers)
-            if not queue or len(queue) < CELLS_PER_EXTRA_WORKER * n:
+            mine = [w for w in self.workers if w.backend == backend]
+            if not queue or (not any(w.idle for w in mine)
+                             and len(queue) < CELLS_PER_EXTRA_WORKER * len(mine)):
                 continue
-            share = sum(t.cost for t in queue) / (n + 1)
+            share = sum(t.cost for t in queue) / (1 + sum(w.task is not None for w in mine))
             if share > best_share:
                 best, best_share = backend, share
         return best
@@ -286,41 +345,32 @@ class Engine:
         deadlines = [w.deadline for w in self.workers if w.deadline is not None]
         wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         readable, _, _ = select.select([w.fd for w in self.workers], [], [], wait)
-        for w in list(self.workers):
-            if w.fd in readable:
-                self._receive(w)
+        for w in [w for w in self.workers if w.fd in readable]:
+            self._receive(w)
         now = time.monotonic()
-        for w in list(self.workers):
-            if w.deadline is not None and now >= w.deadline:
-                if w.ready:
-                    self._lose(w, "timeout", f"killed after {self.timeout:g} s (--timeout)")
-                else:
-                    self._lose(w, "error", f"importing {w.backend} did not finish within "
-                                           f"{IMPORT_TIMEOUT:g} s; worker killed")
+        for w in [w for w in self.workers if w.deadline is not None and now >= w.deadline]:
+            if w.ready:
+                self._lose(w, "timeout", f"killed after {self.timeout:g} s (--timeout)")
+            else:
+                self._lose(w, "error", f"importing {w.backend} did not finish within "
+                                       f"{IMPORT_TIMEOUT:g} s; worker killed")
 
     def _receive(self, w: Worker) -> None:
-        messages = w.read()
-        if messages is None:
-            w.proc.wait()
-            cause = w.refused or f"worker process {exit_cause(w.proc.returncode)}"
-            where = "while running this cell" if w.ready else f"while importing {w.backend}"
-            self._lose(w, "error", f"{cause} {where}" if not w.refused else cause)
+        was_ready = w.ready
+        records = w.read()
+        if records is None:
+            self._lose(w, "error", w.death())
             return
-        for msg in messages:
-            if "record" in msg:
-                task, record = w.task, Record.from_dict(msg["record"])
-                w.task, w.deadline = None, None
-                timing = self.timing[w.backend]
-                timing.cells += 1
-                timing.train_seconds += record.seconds or 0.0
-                self.on_result(task, record)
-            elif msg.get("state") == "ok":
-                w.ready, w.import_seconds = True, msg["import_seconds"]
-                self.timing[w.backend].import_seconds += w.import_seconds
-                w.deadline = self._deadline()
-            else:
-                w.refused = (f"worker could not import {w.backend} ({msg.get('state')}: "
-                             f"{msg.get('detail')})")
+        if w.ready and not was_ready:
+            self.timing[w.backend].import_seconds += w.hello["import_seconds"]
+            w.deadline = self._deadline()  # its task's clock starts now
+        for data in records:
+            task, record = w.task, Record.from_dict(data)
+            w.task, w.deadline = None, None
+            timing = self.timing[w.backend]
+            timing.cells += 1
+            timing.train_seconds += record.seconds or 0.0
+            self.on_result(task, record)
 
     def _lose(self, w: Worker, status: str, message: str) -> None:
         """End worker w; its current task, if any, gets this status."""
@@ -331,7 +381,8 @@ class Engine:
         w.kill()
         self.workers.remove(w)
         if w.task is not None:
-            site = crash_site(lines) if status == "error" and not w.refused else ""
+            died = status == "error" and w.proc.returncode != 0
+            site = crash_site(lines) if died else ""
             record = Record.for_cell(w.task.cell, status, message + (f" ({site})" if site else ""),
                                      backend_version=self.versions.get(w.backend),
                                      info={"stderr": lines} if lines else {})

@@ -155,25 +155,51 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
         done.setdefault(rec.cell, rec)
     todo = [c for c in cells if c not in done]
     names = [b for b in registry.BACKENDS if any(c.backend == b for c in todo)]
-    avail = engine.probe(names)
+    # The probe: one worker per backend, kept as the run's first workers.
+    avail, ready = engine.start_workers(names)
     probe_seconds = time.monotonic() - started
-    if resume:
-        man = resume[0]
-        _check_versions(run_dir, man, avail)
-    else:
-        man = manifest(config, _versions(avail), argv)
+    pool = engine.Engine({n: a.version for n, a in avail.items()}, jobs, config["timeout"], ready)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunFolderError(f"Run folder {str(run_dir)!r} cannot be created: "
-                             f"{exc.strerror}.") from None
-    write_manifest(run_dir, man)
-    outcome = RunOutcome(run_dir, list(done.values()), len(cells))
-    if resume:
-        write_tables(run_dir, outcome.records)  # drops a torn last line before appending
-    progress.start(cells, outcome.records, f"harness: {len(cells)} cells, {len(todo)} to run, "
-                   f"{jobs} jobs -> {run_dir}")
-    writer = RecordWriter(run_dir / "results.jsonl")
+        if resume:
+            man = resume[0]
+            _check_versions(run_dir, man, avail)
+        else:
+            man = manifest(config, _versions(avail), argv)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"Run folder {str(run_dir)!r} cannot be created: "
+                                 f"{exc.strerror}.") from None
+        write_manifest(run_dir, man)
+        outcome = RunOutcome(run_dir, list(done.values()), len(cells))
+        if resume:
+            write_tables(run_dir, outcome.records)  # drops a torn last line before appending
+        _run(config, cells, todo, avail, pool, outcome, progress,
+             f"harness: {len(cells)} cells, {len(todo)} to run, {jobs} jobs -> {run_dir}")
+    finally:
+        pool.shutdown()
+    with _no_interrupts():
+        outcome.records = write_tables(run_dir, outcome.records)
+        timing = {"jobs": jobs, "wall_seconds": round(time.monotonic() - started, 3),
+                  "probe_seconds": round(probe_seconds, 3),
+                  "cells_recorded": len(outcome.records) - len(done),
+                  "backends": {b: t.to_dict() for b, t in pool.timing.items()}}
+        if resume:
+            man.setdefault("resumed", []).append({"at": now_utc(), "command": argv,
+                                                  "git": git_info(), "timing": timing})
+        else:
+            man["timing"] = timing
+        write_manifest(run_dir, man)
+    progress.finish()
+    return outcome
+
+
+def _run(config, cells: list[Cell], todo: list[Cell], avail, pool: engine.Engine,
+         outcome: RunOutcome, progress, header: str) -> None:
+    """Record every cell of todo, appending each record to results.jsonl as
+    it ends; Ctrl-C sets outcome.interrupted."""
+    progress.start(cells, outcome.records, header)
+    writer = RecordWriter(outcome.run_dir / "results.jsonl")
 
     def emit(record: Record) -> None:
         # Memory first: after Ctrl-C the tables are rewritten from memory, so
@@ -190,8 +216,6 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
         if len(runs[task.cell]) == repeat:
             emit(_compare_repeats(runs.pop(task.cell)) if repeat > 1 else record)
 
-    workers = engine.Engine({n: a.version for n, a in avail.items()}, jobs, config["timeout"],
-                            on_result)
     try:
         tasks = []
         for cell in todo:
@@ -202,24 +226,11 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
                 emit(gap)
             else:
                 tasks += [engine.Task(cell, r) for r in range(repeat)]
-        workers.run(tasks)
+        pool.run(tasks, on_result)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
         writer.close()
-    with _no_interrupts():
-        outcome.records = write_tables(run_dir, outcome.records)
-        timing = {"jobs": jobs, "wall_seconds": round(time.monotonic() - started, 3),
-                  "probe_seconds": round(probe_seconds, 3), "cells_run": len(outcome.records) - len(done),
-                  "backends": {b: t.to_dict() for b, t in workers.timing.items()}}
-        if resume:
-            man.setdefault("resumed", []).append({"at": now_utc(), "command": argv,
-                                                  "git": git_info(), "timing": timing})
-        else:
-            man["timing"] = timing
-        write_manifest(run_dir, man)
-    progress.finish()
-    return outcome
 
 
 def _compare_repeats(runs: dict[int, Record]) -> Record:

@@ -1,10 +1,10 @@
-"""The child side of the engine: ``python -m harness.worker [--probe] BACKEND``.
+"""The child side of the engine: ``python -m harness.worker BACKEND``.
 
 Protocol: one JSON object per line.  The worker imports its backend's
 framework (once) and writes ``{"state", "version", "detail",
-"import_seconds"}``; with ``--probe`` it exits there.  Otherwise it reads
-cells (``Cell.to_dict()``) from stdin, one per line, and answers each with
-``{"record": Record.to_dict()}`` until stdin closes.  Floats travel as
+"import_seconds"}`` (the probe's answer); it exits there unless the state is
+``ok``.  Then it reads cells (``Cell.to_dict()``) from stdin, one per line,
+and answers each with ``{"record": Record.to_dict()}`` until stdin closes.  Floats travel as
 Python's JSON (NaN allowed), which round-trips every float64 exactly; the
 results writer makes them strict.
 
@@ -36,8 +36,7 @@ def main(argv: list[str]) -> int:
         protocol.write(json.dumps(obj, separators=(",", ":")) + "\n")
         protocol.flush()
 
-    probe_only = argv[:1] == ["--probe"]
-    name = argv[-1]
+    name = argv[0]
 
     from harness import registry
     from harness.runner import run_cell
@@ -47,7 +46,7 @@ def main(argv: list[str]) -> int:
     avail = registry.probe(name)
     send({"state": avail.state, "version": avail.version, "detail": avail.detail,
           "import_seconds": time.perf_counter() - t0})
-    if probe_only or not avail.ok:
+    if not avail.ok:
         return 0
     for line in sys.stdin:
         record = run_cell(Cell.from_dict(json.loads(line)), avail.version)

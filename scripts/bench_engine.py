@@ -39,10 +39,10 @@ def bench(jobs: int, extra: list[str]) -> None:
     t = man["timing"]
     print(f"--jobs {jobs}: {cells} cells in {wall:.1f} s wall "
           f"(probing frameworks {t['probe_seconds']:.1f} s; {os.cpu_count()} CPUs)")
-    print(f"  {'backend':<12}{'workers':>8}{'import s':>10}{'train s':>9}{'cells':>7}")
+    print(f"  {'backend':<12}{'workers':>8}{'import s':>10}{'train s':>9}{'trained':>9}")
     for name, b in t["backends"].items():
         print(f"  {name:<12}{b['workers']:>8}{b['import_seconds']:>10.2f}"
-              f"{b['train_seconds']:>9.2f}{b['cells']:>7}")
+              f"{b['train_seconds']:>9.2f}{b['cells']:>9}")
 
 
 def main() -> None:

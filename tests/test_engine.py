@@ -247,7 +247,7 @@ def test_kill_9_then_resume_leaves_the_folder_an_uninterrupted_run_leaves(tmp_pa
     assert r.returncode == 0, r.stderr
     same_folder(tmp_path / "uninterrupted", out)
     resumed = json.loads((out / "manifest.json").read_text())["resumed"]
-    assert len(resumed) == 1 and resumed[0]["timing"]["cells_run"] == total - kept
+    assert len(resumed) == 1 and resumed[0]["timing"]["cells_recorded"] == total - kept
     assert "--resume" in resumed[0]["command"]
 
     # Resuming a finished run runs nothing and changes no result.
