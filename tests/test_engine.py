@@ -106,6 +106,9 @@ def test_segfault_mid_training_costs_only_that_cell(tmp_path):
             assert ok["status"] == "ok" and ok["params_final"] == ref["params_final"]
     assert {d["status"] for k, d in recs.items() if k[0] == "numpy"} == {"ok"}
     assert "error" in r.stdout  # the summary
+    # Not a terminal: one plain progress line per backend.
+    assert sorted(ln.split()[1] for ln in r.stderr.splitlines() if "cells done" in ln) == \
+        ["faulty", "numpy"]
 
 
 def test_framework_that_segfaults_on_import_is_broken_and_the_run_goes_on(tmp_path):
@@ -151,7 +154,7 @@ def test_jobs_1_and_jobs_2_give_identical_files(tmp_path):
     backends = "numpy,torch" if availability("torch").ok else "numpy"
     out = tmp_path / "run"
     args = ["run", "--backends", backends, "--gates", "and,xor,not", "--epochs", "30",
-            "--seeds", "0-1", "--out", str(out)]
+            "--out", str(out)]
     assert harness(*args, "--jobs", "1").returncode == 0
     shutil.move(out, tmp_path / "jobs1")
     assert harness(*args, "--jobs", "2").returncode == 0
@@ -240,6 +243,8 @@ def test_kill_9_then_resume_leaves_the_folder_an_uninterrupted_run_leaves(tmp_pa
         proc.communicate()
     kept = complete_lines(out)
     assert kept < total, "the run finished before it could be killed"
+    for line in (out / "results.jsonl").read_text().splitlines(keepends=True):
+        assert line.endswith("\n") and json.loads(line)  # every complete line parses
     with open(out / "results.jsonl", "a") as fh:
         fh.write('{"backend": "faulty", "lev')  # as if killed in the middle of a line
 
@@ -252,7 +257,8 @@ def test_kill_9_then_resume_leaves_the_folder_an_uninterrupted_run_leaves(tmp_pa
 
     # Resuming a finished run runs nothing and changes no result.
     before = (out / "results.jsonl").read_text()
-    assert harness("run", "--resume", str(out), "--quiet").returncode == 0
+    r = harness("run", "--resume", str(out), "--quiet")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("backend")
     assert (out / "results.jsonl").read_text() == before
 
 
