@@ -285,10 +285,12 @@ class Engine:
         """Run every task; on_result(task, record) as each ends, in
         completion order.  Every worker has ended when this returns."""
         self.on_result = on_result
-        # Longest first, so that no long cell is left for the end.
-        for task in sorted(tasks, key=lambda t: -t.cost):
-            self.queues.setdefault(task.cell.backend, deque()).append(task)
-            self.timing.setdefault(task.cell.backend, BackendTiming())
+        # Backends in the order given; within one, the longest cells first,
+        # so that no long cell is left for the end.
+        for backend in dict.fromkeys(t.cell.backend for t in tasks):
+            mine = [t for t in tasks if t.cell.backend == backend]
+            self.queues[backend] = deque(sorted(mine, key=lambda t: -t.cost))
+            self.timing.setdefault(backend, BackendTiming())
         for w in self.workers:
             self.timing[w.backend].import_seconds += w.hello["import_seconds"]
         try:
@@ -325,16 +327,20 @@ class Engine:
             w.assign(self.queues[backend].popleft(), self._deadline())
 
     def _next_backend(self) -> str | None:
-        """The backend with the most queued work per running task, among those
-        with an idle worker or worth a new one (each new worker imports anew)."""
+        """Where the next task comes from: the first backend (in task order)
+        with an idle worker, so that backends finish one after another; else
+        the backend with the most queued work per worker, if that is worth a
+        new worker (each one imports its framework anew)."""
+        queued = [b for b, queue in self.queues.items() if queue]
+        for backend in queued:
+            if any(w.backend == backend and w.idle for w in self.workers):
+                return backend
         best, best_share = None, 0.0
-        for backend, queue in self.queues.items():
-            mine = [w for w in self.workers if w.backend == backend]
-            if not queue or (not any(w.idle for w in mine)
-                             and len(queue) < CELLS_PER_EXTRA_WORKER * len(mine)):
-                continue
-            share = sum(t.cost for t in queue) / (1 + sum(w.task is not None for w in mine))
-            if share > best_share:
+        for backend in queued:
+            n = sum(w.backend == backend for w in self.workers)
+            queue = self.queues[backend]
+            share = sum(t.cost for t in queue) / (n + 1)
+            if len(queue) >= CELLS_PER_EXTRA_WORKER * n and share > best_share:
                 best, best_share = backend, share
         return best
 

@@ -226,7 +226,8 @@ def _run(config, cells: list[Cell], todo: list[Cell], avail, pool: engine.Engine
                 emit(gap)
             else:
                 tasks += [engine.Task(cell, r) for r in range(repeat)]
-        pool.run(tasks, on_result)
+        order = list(registry.BACKENDS)
+        pool.run(sorted(tasks, key=lambda t: order.index(t.cell.backend)), on_result)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
