@@ -201,7 +201,7 @@ def start_workers(names, timeout: float = IMPORT_TIMEOUT
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             readable, _, _ = select.select([w.fd for w in waiting], [], [],
-                                           deadline - time.monotonic())
+                                           max(0.0, deadline - time.monotonic()))
             for w in [w for w in waiting if w.fd in readable]:
                 if w.read() is None:
                     w.proc.wait()  # EOF: it has exited, or is about to
@@ -235,17 +235,17 @@ def probe(names, timeout: float = IMPORT_TIMEOUT) -> dict[str, Availability]:
     for w in workers:
         w.close()
     for w in workers:
-        _still_running(w, 10)
-        w.kill()
+        _let_exit(w, 10)
     return avail
 
 
-def _still_running(w: Worker, seconds: float) -> bool:
+def _let_exit(w: Worker, seconds: float) -> None:
+    """Give a closed worker time to exit on its own, then make sure."""
     try:
         w.proc.wait(timeout=seconds)
-        return False
     except subprocess.TimeoutExpired:
-        return True
+        pass
+    w.kill()
 
 
 # ------------------------------------------------------------------- running
@@ -300,7 +300,7 @@ class Engine:
                     break
                 self._wait()
             for w in self.closing:
-                _still_running(w, 10)
+                _let_exit(w, 10)
         finally:
             self.shutdown()
         return self.timing

@@ -39,7 +39,8 @@ def _extra_backends(text: str) -> tuple[dict[str, str], str | None]:
             return extra, (f"Invalid {EXTRA_BACKENDS_VAR} entry {entry!r}. "
                            "Expected name=module.path entries separated by commas.")
         if name in BACKENDS or name in extra:
-            return extra, f"{EXTRA_BACKENDS_VAR} registers {name!r} twice."
+            return extra, (f"{EXTRA_BACKENDS_VAR} registers backend {name!r}, which is "
+                           "already registered.")
         extra[name] = path
     return extra, None
 

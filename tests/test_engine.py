@@ -268,7 +268,7 @@ def test_extra_backends_hook_parsing():
     extra, problem = registry._extra_backends("a=x.y, b = z ,")
     assert extra == {"a": "x.y", "b": "z"} and problem is None
     assert "'nonsense'" in registry._extra_backends("nonsense")[1]
-    assert "twice" in registry._extra_backends("numpy=x.y")[1]
+    assert "already registered" in registry._extra_backends("numpy=x.y")[1]
 
 
 def test_exit_cause_names_the_signal():
