@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "as `timeout` (default: none)")
     run.add_argument("--repeat", help="run every cell this many times and flag any cell whose "
                      "results are not bit-identical (default 1)")
-    run.add_argument("--jobs", help="worker processes (default: number of CPUs); results do "
-                     "not depend on it")
+    run.add_argument("--jobs", help="cells run at once, each in a worker process (default: "
+                     "number of CPUs); results do not depend on it")
     run.add_argument("--resume", metavar="DIR", help="finish the interrupted run in DIR with "
                      "its own settings: only cells without a record run")
     run.add_argument("--quiet", action="store_true", help="print only the final summary")
@@ -87,9 +87,16 @@ def _resolve_out(out: str | None) -> Path:
     return path
 
 
+def cpus() -> int:
+    """CPUs this process may use (a container or taskset may allow fewer than exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _jobs(value: str | None) -> int:
     if value is None:
-        return os.cpu_count() or 1
+        return cpus()
     try:
         jobs = int(value)
     except ValueError:

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from harness.cli import cpus  # noqa: E402
 
 
 def bench(jobs: int, extra: list[str]) -> None:
@@ -41,7 +43,7 @@ def bench(jobs: int, extra: list[str]) -> None:
         cells = sum(1 for _ in open(out / "results.jsonl"))
     t = man["timing"]
     print(f"--jobs {jobs}: {cells} cells in {wall:.1f} s wall, {cpu:.1f} s CPU in all processes "
-          f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}); probing "
+          f"({cpus()} CPUs, load average {os.getloadavg()[0]:.1f}); probing "
           f"(= starting the first workers) {t['probe_seconds']:.1f} s")
     print(f"  {'backend':<12}{'workers':>8}{'import s':>10}{'train s':>9}{'trained':>9}")
     for name, b in t["backends"].items():
@@ -58,7 +60,7 @@ def _children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, nargs="+", default=[os.cpu_count() or 1])
+    parser.add_argument("--jobs", type=int, nargs="+", default=[cpus()])
     parser.add_argument("extra", nargs="*", help="flags for `harness run` (after --)")
     args = parser.parse_args()
     for jobs in args.jobs:
