@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
     faulthandler.enable()
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
+    sys.stdout = sys.stderr  # Python-level prints too, unbuffered, in order
 
     def send(obj) -> None:
         sys.stderr.flush()  # this cell's stderr is in the file before its answer
