@@ -1,17 +1,20 @@
-"""Command line: ``harness run`` and ``harness list``.
+"""Command line: ``harness run``, ``list``, ``gradcheck``, ``report`` and ``diff``.
 
 Bad input exits with status 2 and one line on stderr, before anything is
-written.
+written.  Exit status of ``harness run``: 0, or 1 when a cell ended in
+`error` or `timeout`, or 130 after Ctrl-C (finished records are kept).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 
 from harness import registry
-from harness.config import ConfigError, load_toml, resolve
+from harness.config import KEYS, ConfigError, load_toml, resolve
+from harness.results import RunFolderError, load_run
 from harness.tasks import ARCHS, GATES, LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", help="default: 100 for single, 1000 for multi")
     run.add_argument("--hidden", help="hidden units of the multi arch (default 2)")
     run.add_argument("--out", help="run folder (default results/<UTC timestamp>/)")
+    run.add_argument("--no-report", dest="no_report", action="store_true",
+                     help="do not write report.html / report.md at the end")
+    run.add_argument("--timeout", help="seconds per cell; a cell past it is killed and recorded "
+                     "as `timeout` (default: none)")
+    run.add_argument("--repeat", help="run every cell this many times and flag any cell whose "
+                     "results are not bit-identical (default 1)")
+    run.add_argument("--jobs", help="cells run at once, each in a worker process (default: "
+                     "number of CPUs); results do not depend on it")
+    run.add_argument("--resume", metavar="DIR", help="finish the interrupted run in DIR with "
+                     "its own settings: only cells without a record run")
+    run.add_argument("--quiet", action="store_true", help="print only the final summary")
 
     sub.add_parser("list", help="backends with state, version and levels; gates; archs")
+
+    grad = sub.add_parser("gradcheck", help="loss and gradient of every backend's raw level "
+                          "against the oracle and finite differences")
+    grad.add_argument("--backends", default="all", help="comma list, or 'all'")
+    grad.add_argument("--seed", default="0", help="seed of the initial-parameter points (default 0)")
+    grad.add_argument("--gate", default="xor", help="truth table of those points (default xor)")
+    grad.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+
+    rep = sub.add_parser("report", help="write DIR/report.html and DIR/report.md")
+    rep.add_argument("dir", help="a run folder")
+
+    dif = sub.add_parser("diff", help="compare two run folders cell by cell")
+    dif.add_argument("run_a")
+    dif.add_argument("run_b")
     return parser
 
 
@@ -70,50 +98,162 @@ def _resolve_out(out: str | None) -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise UsageError(f"--out {out!r} cannot be created: {str(probe)!r} is a file.")
-    import os
     if not os.access(probe, os.W_OK):
         raise UsageError(f"--out {out!r} cannot be created: {str(probe)!r} is not writable.")
     return path
 
 
+def cpus() -> int:
+    """CPUs this process may use (a container or taskset may allow fewer than exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _jobs(value: str | None) -> int:
+    if value is None:
+        return cpus()
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise UsageError(f"Invalid --jobs {value!r}. Expected a whole number >= 1.")
+    return jobs
+
+
+def _resume(folder: str, used: list[str]) -> tuple[dict, Path, tuple]:
+    """(config, run folder, (manifest, records)) of a run to finish."""
+    if used:
+        raise UsageError(f"{used[0]} cannot be combined with --resume: the run keeps the "
+                         f"settings in {folder}/manifest.json (only --jobs and --quiet apply).")
+    from harness.runner import expand
+
+    man, records = load_run(folder)
+    man_path = Path(folder) / "manifest.json"
+    config = man.get("config")
+    if not isinstance(config, dict) or set(config) - set(KEYS):
+        raise RunFolderError(f"{man_path}: 'config' is not a harness run configuration.")
+    try:
+        cfg = resolve(config, {})
+    except ConfigError as exc:
+        raise RunFolderError(f"{man_path}: {exc}") from None
+    matrix = set(expand(cfg))
+    for n, rec in enumerate(records, 1):
+        if rec.cell not in matrix:
+            raise RunFolderError(f"{Path(folder) / 'results.jsonl'}:{n}: this cell is not in "
+                                 f"the matrix of {man_path}.")
+    return cfg, Path(folder), (man, records)
+
+
 def cmd_run(args) -> int:
-    from harness.runner import expand, run_matrix
+    from harness.progress import make_progress
+    from harness.runner import run_matrix
     from harness.summary import summary_table
 
-    flags = {k: getattr(args, k) for k in ("backends", "levels", "gates", "archs", "seeds", "dtype",
-                                           "init", "init_scale", "lr", "epochs", "hidden", "out")}
-    config_path = args.config or (DEFAULT_CONFIG if not any(v is not None for v in flags.values())
-                                  else None)
-    file_values = load_toml(config_path) if config_path else {}
-    cfg = resolve(file_values, flags)
-    run_dir = _resolve_out(cfg["out"])
-    cells = expand(cfg)
-    print(f"harness: {len(cells)} cells -> {run_dir}", flush=True)
-    outcome = run_matrix(cells, run_dir, cfg, sys.argv)
+    flags = {k: getattr(args, k) for k in KEYS}
+    jobs = _jobs(args.jobs)
+    if args.resume is not None:
+        used = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        cfg, run_dir, resume = _resume(args.resume, used + ["--config"] * bool(args.config))
+    else:
+        config_path = args.config or (DEFAULT_CONFIG if not any(v is not None for v in flags.values())
+                                      else None)
+        file_values = load_toml(config_path) if config_path else {}
+        cfg = resolve(file_values, flags)
+        run_dir, resume = _resolve_out(cfg["out"]), None
+    outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs, progress=make_progress(args.quiet),
+                         resume=resume)
     print(summary_table(outcome.records))
     print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
+    if outcome.interrupted:
+        print(f"harness: interrupted; {len(outcome.records)} of {outcome.total} cells have "
+              f"records. Finish with: harness run --resume {run_dir}", file=sys.stderr)
+        return 130
+    _verdicts_and_report(run_dir, outcome.records, not args.no_report)
     return 1 if outcome.errors else 0
 
 
+def _verdicts_and_report(run_dir: Path, records, report: bool) -> None:
+    from harness.analysis import verdict_summary
+
+    print(verdict_summary(records))
+    if report:
+        from harness.report import ReportUnavailable, write_report
+        try:
+            print(f"report: {write_report(run_dir)}")
+        except ReportUnavailable as exc:
+            print(f"report: skipped: {exc}")
+
+
 def cmd_list(args) -> int:
+    from harness.engine import probe
+
     print("backends:")
-    for name in registry.BACKENDS:
-        a = registry.probe(name)
-        mod = registry.backend_module(name)
+    for name, a in probe(registry.BACKENDS).items():
+        try:
+            levels = ", ".join(registry.backend_module(name).LEVELS)
+        except ImportError as exc:
+            levels = f"? ({exc})"
         state = f"ok {a.version}" if a.ok else f"{a.state} ({a.detail})"
-        print(f"  {name:<11} {state:<28} levels: {', '.join(mod.LEVELS)}")
+        print(f"  {name:<11} {state:<28} levels: {levels}")
     print(f"gates: {', '.join(GATES)}")
     print(f"archs: {', '.join(ARCHS)}")
     print(f"levels: {', '.join(LEVELS)}")
     return 0
 
 
+def _choice_list(kind: str, text: str, valid) -> list[str]:
+    items = [v.strip() for v in text.split(",")]
+    if items == ["all"]:
+        return list(valid)
+    return [registry.check_choice(kind, v, valid) for v in items]
+
+
+def cmd_gradcheck(args) -> int:
+    from harness.gradcheck import check, table
+    from harness.tasks import DTYPES
+
+    backends = _choice_list("backend", args.backends, registry.BACKENDS)
+    registry.check_choice("gate", args.gate, GATES)
+    registry.check_choice("dtype", args.dtype, DTYPES)
+    if not args.seed.isdigit():
+        raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer.")
+    rows = check(backends, seed=int(args.seed), gate=args.gate, dtype=args.dtype)
+    print(table(rows, args.dtype))
+    bad = [r for r in rows if r.ok is False]
+    print(f"gradcheck: {len(bad)} mismatch(es)" if bad else "gradcheck: every backend agrees")
+    return 1 if bad else 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import ReportUnavailable, write_report
+    try:
+        print(f"report: {write_report(Path(args.dir))}")
+    except ReportUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from harness.diff import diff_runs, format_diff
+
+    d = diff_runs(args.run_a, args.run_b)
+    print(format_diff(d, args.run_a, args.run_b))
+    return 0 if d.clean else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    from harness.results import RunFolderError
+
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if registry.EXTRA_BACKENDS_ERROR:
+            raise UsageError(registry.EXTRA_BACKENDS_ERROR)
         args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
-    except (UsageError, ConfigError, registry.UnknownChoice) as exc:
+        return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
+                "report": cmd_report, "diff": cmd_diff}[args.command](args)
+    except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

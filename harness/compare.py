@@ -71,6 +71,12 @@ def relative_deviation(a: dict, b: dict) -> float:
     return worst
 
 
+# The oracle's analytic gradient against a float64 central difference with
+# step 1e-6: truncation error ~1e-13 and round-off ~1e-10 * |loss|, so any
+# gap above this is a wrong derivative, not the estimate's error.
+FINITE_DIFFERENCE_TOLERANCE = 1e-7
+
+
 def float64_reference(cell: Cell) -> TrainResult:
     """The numpy reference's run of ``cell`` in float64, started from the
     cell's own initial parameters: for a float32 cell, its float32-cast values

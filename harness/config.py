@@ -16,12 +16,14 @@ from harness import registry
 from harness.tasks import ARCHS, DEFAULT_HIDDEN, DEFAULT_LR, DTYPES, GATES, INITS, LEVELS
 
 KEYS = ("backends", "levels", "gates", "archs", "seeds", "dtype", "init", "init_scale", "lr",
-        "epochs", "hidden", "out")
+        "epochs", "hidden", "out", "timeout", "repeat")
 
 DEFAULTS: dict[str, Any] = {
     "backends": "all", "levels": "all", "gates": "all", "archs": "all", "seeds": "0",
     "dtype": "float32", "init": "normal", "init_scale": 1.0, "lr": DEFAULT_LR,
     "epochs": None, "hidden": DEFAULT_HIDDEN, "out": None,
+    # Seconds per cell before it is killed (None: no limit); runs per cell.
+    "timeout": None, "repeat": 1,
 }
 
 
@@ -132,4 +134,7 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     cfg["epochs"] = None if raw["epochs"] is None else _number("epochs", raw["epochs"], int, 1)
     cfg["hidden"] = _number("hidden", raw["hidden"], int, 1)
     cfg["out"] = None if raw["out"] is None else str(raw["out"])
+    cfg["timeout"] = (None if raw["timeout"] is None
+                      else _number("timeout", raw["timeout"], minimum=0, strict_min=True))
+    cfg["repeat"] = _number("repeat", raw["repeat"], int, 1)
     return cfg

@@ -4,11 +4,18 @@ Importing this module imports no framework.  A backend module itself must
 not import its framework at module level either: its capability constants
 (``LEVELS``, ``UNSUPPORTED``, ``ARCH_LIMITS``) are read without the framework,
 and the framework is imported inside ``framework_version()`` and ``train()``.
+
+Extra backends (a plug-in and test hook): ``HARNESS_EXTRA_BACKENDS`` holds
+``name=module.path`` entries separated by commas; they are registered after
+the built-in ones.  It is an environment variable, not a flag, so it reaches
+the worker processes that run cells.  The test suite uses it to register
+backends that crash, hang or misbehave on purpose (tests/faulty_backend.py).
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -24,6 +31,27 @@ BACKENDS: dict[str, str] = {
     "mxnet": "backends.mxnet_backend",
     "chainer": "backends.chainer_backend",
 }
+EXTRA_BACKENDS_VAR = "HARNESS_EXTRA_BACKENDS"
+
+
+def _extra_backends(text: str) -> tuple[dict[str, str], str | None]:
+    """Parse the hook's value: ({name: module path}, first problem or None)."""
+    extra: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, sep, path = (part.strip() for part in entry.partition("="))
+        if not (sep and name and path):
+            return extra, (f"Invalid {EXTRA_BACKENDS_VAR} entry {entry!r}. "
+                           "Expected name=module.path entries separated by commas.")
+        if name in BACKENDS or name in extra:
+            return extra, (f"{EXTRA_BACKENDS_VAR} registers backend {name!r}, which is "
+                           "already registered.")
+        extra[name] = path
+    return extra, None
+
+
+# A bad entry must not stop `import harness`; the CLI reports it as bad input.
+_extra, EXTRA_BACKENDS_ERROR = _extra_backends(os.environ.get(EXTRA_BACKENDS_VAR, ""))
+BACKENDS.update(_extra)
 
 
 class UnknownChoice(ValueError):

@@ -5,7 +5,7 @@
 * results.csv: one row per cell; nested values (parameters, curves) are JSON
   strings so a spreadsheet or pandas reads the file directly.
 * manifest.json: schema version, time, command line, resolved config,
-  machine, package versions, git commit.
+  machine, package versions, git commit; at the end of a run, its timing.
 
 CSV and manifest are written atomically (temporary file, then rename) so a
 reader never sees half a file.
@@ -29,7 +29,9 @@ from typing import Any
 from harness.tasks import Cell
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "unsupported", "skipped", "error")
+# diverged: trained, but the loss or parameters became NaN or infinite;
+# timeout: killed after --timeout seconds.
+STATUSES = ("ok", "diverged", "unsupported", "skipped", "error", "timeout")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,19 @@ class Record:
     loss_curve: list[float] | None = None
     seconds: float | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The oracle's verdict (harness.oracle.judge); None unless status is ok.
+    oracle_dev: float | None = None
+    tolerance: float | None = None
+    agrees: bool | None = None
+    first_divergence: int | None = None
+    learned_epoch: int | None = None
+    # Updates after which the loss (or, at the end, the parameters) was
+    # first NaN or infinite: an index into loss_curve, or `epochs` when only
+    # the final state is.  None unless status is `diverged`.
+    diverged_epoch: int | None = None
+    # --repeat: names of the fields whose values differed between the runs
+    # of this cell ([] when bit-identical); None when it was not repeated.
+    repeat_mismatch: list[str] | None = None
 
     @property
     def cell(self) -> Cell:
@@ -212,19 +227,30 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def manifest(config: dict[str, Any], versions: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    import numpy
-
+def git_info() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def manifest(config: dict[str, Any], versions: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """The manifest a run starts with.  The runner adds ``timing`` (this
+    session's wall, probe, import and training seconds) when the run ends, and
+    a ``resumed`` entry per ``--resume``."""
+    import numpy
+
     return {
         "schema_version": SCHEMA_VERSION,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": now_utc(),
         "command": argv,
         "config": config,
         "machine": machine_info(),
         "versions": {"numpy": numpy.__version__, **versions},
-        "git": {"commit": commit, "dirty": bool(status) if status is not None else None},
+        "git": git_info(),
     }
 
 

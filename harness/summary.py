@@ -1,4 +1,9 @@
-"""The compact table printed at the end of a run: backend x level counts."""
+"""The compact table printed at the end of a run: backend x level counts.
+
+`diverged` and `timeout` columns appear when some cell has that status; a
+`not-identical` column, and one line per backend, when --repeat found cells
+whose runs were not bit-identical.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,6 +12,8 @@ from harness import registry
 from harness.results import STATUSES, Record
 from harness.tasks import LEVELS
 
+ALWAYS = ("ok", "unsupported", "skipped", "error")
+
 
 def counts(records: list[Record]) -> dict[tuple[str, str], Counter]:
     table: dict[tuple[str, str], Counter] = {}
@@ -14,6 +21,7 @@ def counts(records: list[Record]) -> dict[tuple[str, str], Counter]:
         c = table.setdefault((rec.backend, rec.level), Counter())
         c[rec.status] += 1
         c["learned"] += bool(rec.learned)
+        c["not-identical"] += bool(rec.repeat_mismatch)
         c["cells"] += 1
     return table
 
@@ -23,13 +31,17 @@ def summary_table(records: list[Record]) -> str:
     order = list(registry.BACKENDS)
     keys = sorted(table, key=lambda k: (order.index(k[0]) if k[0] in order else len(order),
                                         LEVELS.index(k[1]) if k[1] in LEVELS else len(LEVELS)))
-    extra = sorted({s for c in table.values() for s in c} - set(STATUSES) - {"learned", "cells"})
-    cols = ["cells", "ok", "learned", "unsupported", "skipped", "error", *extra]
-    header = ["backend", "level", *cols]
-    rows = [[b, lv, *(str(table[(b, lv)][c]) for c in cols)] for b, lv in keys]
     total = Counter()
     for c in table.values():
         total.update(c)
+    statuses = [s for s in STATUSES if s in ALWAYS or total[s]]
+    statuses += sorted(s for s in total if s not in STATUSES and s not in
+                       ("learned", "cells", "not-identical"))
+    cols = ["cells", "ok", "learned", *statuses[1:]]
+    if total["not-identical"]:
+        cols.append("not-identical")
+    header = ["backend", "level", *cols]
+    rows = [[b, lv, *(str(table[(b, lv)][c]) for c in cols)] for b, lv in keys]
     rows.append(["total", "", *(str(total[c]) for c in cols)])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -38,4 +50,18 @@ def summary_table(records: list[Record]) -> str:
 
     lines = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows[:-1]),
              fmt(["-" * w for w in widths]), fmt(rows[-1])]
-    return "\n".join(lines)
+    return "\n".join(lines + nondeterminism(records))
+
+
+def nondeterminism(records: list[Record]) -> list[str]:
+    """Per backend: how many repeated cells were not bit-identical, and the first."""
+    lines = []
+    for backend in dict.fromkeys(r.backend for r in records):
+        repeated = [r for r in records if r.backend == backend and r.repeat_mismatch is not None]
+        differing = [r for r in repeated if r.repeat_mismatch]
+        if differing:
+            r = differing[0]
+            lines.append(f"not bit-identical across repeats: {backend} {len(differing)} of "
+                         f"{len(repeated)} cells (e.g. {r.level}/{r.arch}/{r.gate}/seed {r.seed}: "
+                         f"{', '.join(r.repeat_mismatch)})")
+    return lines

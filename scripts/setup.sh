@@ -7,7 +7,13 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=.venv
-PIP="$VENV/bin/python -m pip --disable-pip-version-check --quiet"
+pip_() {
+  # This machine's pip config names local indexes that pip warns about once
+  # per package; the warnings are noise, errors still show.
+  "$VENV/bin/python" -m pip --disable-pip-version-check --quiet "$@" 2>&1 \
+    | { grep -v '^WARNING: Location .* is ignored' || true; }
+  return "${PIPESTATUS[0]}"
+}
 stamp=$(cat constraints/reference.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
 if [ -f "$VENV/.setup-stamp" ] && [ "$(cat "$VENV/.setup-stamp")" = "$stamp" ] \
@@ -27,14 +33,14 @@ rm -f "$VENV/.setup-stamp"
 "$PYTHON" -m venv "$VENV"
 # chainer 7.8.1 is an sdist whose build needs pkg_resources from setuptools<70;
 # build it first, without build isolation, against that setuptools.
-$PIP install "setuptools<70" wheel
-$PIP install -c constraints/reference.txt --no-build-isolation chainer==7.8.1
+pip_ install "setuptools<70" wheel
+pip_ install -c constraints/reference.txt --no-build-isolation chainer==7.8.1
 # Everything else, and the harness itself (editable).  torch's metadata pulls
 # setuptools>=77 back in here...
-$PIP install -c constraints/reference.txt -e ".[all,test]"
+pip_ install -c constraints/reference.txt -e ".[all,test]"
 # ...and chainer imports distutils.msvccompiler, gone in setuptools>=70, so the
 # old one goes back last.  pip warns about torch's declared setuptools>=77;
 # torch needs it only to build C++ extensions.
-$PIP install "setuptools<70" 2>&1 | grep -v "^ERROR: pip's dependency resolver\|requires setuptools" || true
+pip_ install "setuptools<70" | { grep -v "dependency resolver\|requires setuptools" || true; }
 echo "$stamp" > "$VENV/.setup-stamp"
 echo "set-up: done"

@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def harness(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def harness(*args, cwd=None, **extra_env):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra_env}
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env, timeout=600)
 
@@ -58,16 +58,17 @@ def test_config_file_and_flag_override(tmp_path):
 def test_missing_framework_is_skipped_with_reason(tmp_path):
     # A registry entry whose framework cannot be imported is `skipped`, not an error.
     out = tmp_path / "run"
-    code = ("import sys; from harness import registry, cli;"
-            "registry.BACKENDS['ghost'] = 'tests.ghost_backend';"
-            "sys.exit(cli.main(sys.argv[1:]))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", code, "run", "--backends", "ghost", "--levels", "raw",
-                        "--gates", "and", "--archs", "single", "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, env=env)
+    r = harness("run", "--backends", "ghost", "--levels", "raw", "--gates", "and", "--archs",
+                "single", "--out", str(out), HARNESS_EXTRA_BACKENDS="ghost=tests.ghost_backend")
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "results.jsonl").read_text())
     assert rec["status"] == "skipped" and "not_a_real_framework" in rec["message"]
+
+
+def one_line_exit_2(r, needle):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -78,18 +79,98 @@ def test_missing_framework_is_skipped_with_reason(tmp_path):
     (["--seeds", "5-1"], "'5-1'"),
     (["--seeds", "x"], "'x'"),
     (["--seeds", ""], "seed"),
+    (["--seeds", "1,,2"], "seed"),
     (["--lr", "-1"], "lr"),
+    (["--lr", "0"], "lr"),
     (["--epochs", "-3"], "epochs"),
+    (["--epochs", "2.5"], "epochs"),
     (["--dtype", "float16"], "'float16'"),
+    (["--init", "ones"], "'ones'"),
+    (["--hidden", "0"], "hidden"),
+    (["--timeout", "0"], "timeout"),
+    (["--timeout", "soon"], "'soon'"),
+    (["--repeat", "0"], "repeat"),
+    (["--jobs", "0"], "--jobs '0'"),
+    (["--jobs", "many"], "--jobs 'many'"),
     (["--config", "no/such.toml"], "no/such.toml"),
+    (["--lr"], "--lr"),
+    (["--frobnicate"], "--frobnicate"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     out = tmp_path / "run"
     r = harness("run", *args, "--out", str(out))
-    assert r.returncode == 2
-    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in r.stderr
+    one_line_exit_2(r, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("backends = [\"numpy\"\n", "not valid TOML"),
+    ("gates = \"and\"\ncolour = \"red\"\n", "Unknown key 'colour'"),
+    ("lr = \"fast\"\n", "'fast'"),
+    ("seeds = true\n", "seeds"),
+])
+def test_bad_config_file(tmp_path, text, needle):
+    cfg, out = tmp_path / "c.toml", tmp_path / "run"
+    cfg.write_text(text)
+    one_line_exit_2(harness("run", "--config", str(cfg), "--out", str(out)), needle)
+    assert not out.exists()
+
+
+def test_bad_out_folder(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    one_line_exit_2(harness("run", "--out", str(a_file)), "is a file")
+    one_line_exit_2(harness("run", "--out", str(a_file / "run")), "cannot be created")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "other.txt").write_text("x")
+    one_line_exit_2(harness("run", "--out", str(full)), "not empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
+    # Passes every check but mkdir (even for root): /sys refuses new folders.
+    if Path("/sys/kernel").is_dir():
+        r = harness("run", "--backends", "numpy", "--levels", "raw", "--gates", "and", "--archs",
+                    "single", "--out", "/sys/harness-test/run")
+        one_line_exit_2(r, "cannot be created")
+
+
+def test_bad_extra_backends_hook():
+    r = harness("list", HARNESS_EXTRA_BACKENDS="nonsense")
+    one_line_exit_2(r, "'nonsense'")
+
+
+def test_resume_rejects_folders_that_are_not_ours(tmp_path):
+    one_line_exit_2(harness("run", "--resume", str(tmp_path / "nope")), "does not exist")
+    one_line_exit_2(harness("run", "--resume", str(tmp_path)), "manifest.json: missing")
+    assert list(tmp_path.iterdir()) == []
+    out = tmp_path / "run"
+    # --no-report: the folder holds only the text files this test edits.
+    assert harness("run", "--backends", "numpy", "--levels", "raw", "--gates", "and,or",
+                   "--archs", "single", "--no-report", "--out", str(out)).returncode == 0
+    good = {p.name: p.read_text() for p in out.iterdir()}
+    lines = good["results.jsonl"].splitlines(keepends=True)
+    man = json.loads(good["manifest.json"])
+    # One record left out in most cases, so that resuming would have work to do.
+    cases = [
+        (["--lr", "2"], {}, "--lr cannot be combined"),
+        (["--config", "x.toml"], {}, "--config cannot be combined"),
+        ([], {"results.jsonl": lines[0] + "[1, 2]\n"}, "results.jsonl:2: not a harness record"),
+        ([], {"results.jsonl": lines[0] + "{oops\n"}, "results.jsonl:2: not a JSON line"),
+        ([], {"results.jsonl": lines[0].replace('"and"', '"nand"')},
+         "results.jsonl:1: this cell is not in"),
+        ([], {"manifest.json": json.dumps({**man, "config": {**man["config"], "gates": ["andd"]}}),
+              "results.jsonl": lines[0]}, "'andd'"),
+        ([], {"manifest.json": json.dumps({**man, "config": "x"})}, "not a harness run configuration"),
+        ([], {"manifest.json": json.dumps({**man, "versions": {**man["versions"], "numpy": "0.1"}}),
+              "results.jsonl": lines[0]}, "'0.1'"),
+        ([], {"manifest.json": json.dumps({**man, "schema_version": 99})}, "schema_version"),
+        ([], {"manifest.json": "{"}, "manifest.json: not valid JSON"),
+    ]
+    for args, files, needle in cases:
+        for name, text in {**good, **files}.items():
+            (out / name).write_text(text)
+        before = {p.name: p.read_text() for p in out.iterdir()}
+        one_line_exit_2(harness("run", "--resume", str(out), *args), needle)
+        assert {p.name: p.read_text() for p in out.iterdir()} == before  # nothing written
 
 
 def test_list_shows_backends_and_gates():

@@ -1,0 +1,117 @@
+"""``harness diff RUN_A RUN_B``: two run folders compared cell by cell.
+
+Cells are matched on backend, level, arch, gate and seed (plus any setting
+that varies inside one run), so two runs that differ in a setting -- a
+learning rate, a dtype -- still pair up; the setting's change is printed once.
+A pair differs when its status, verdict (agrees, learned) or first
+divergence differ, or when params_final or probs differ by more than
+``harness.compare.tolerance`` (the looser of the two cells' entries).  Cells
+present in only one run are listed and count as differences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.analysis import ensure_judged, label
+from harness.compare import relative_deviation, tolerance
+from harness.results import Record, load_run
+
+BASE_KEY = ("backend", "level", "arch", "gate", "seed")
+SETTINGS = ("dtype", "init", "init_scale", "lr", "epochs", "hidden")
+
+
+@dataclass
+class RunDiff:
+    settings: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    differing: list[tuple[str, list[str]]] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    compared: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.differing or self.only_a or self.only_b)
+
+
+def _key_fields(*runs: list[Record]) -> tuple[str, ...]:
+    varying = [s for s in SETTINGS if any(len({getattr(r, s) for r in run}) > 1 for run in runs)]
+    return (*BASE_KEY, *varying)
+
+
+def compare_records(a: Record, b: Record) -> list[str]:
+    """Why two records of the same cell differ (empty when they do not)."""
+    why = []
+    if a.status != b.status:
+        return [f"status {a.status} -> {b.status}"]
+    if a.status != "ok":
+        return []
+    tol = max(tolerance(a.dtype, a.epochs), tolerance(b.dtype, b.epochs))
+    shapes_a = {k: np.shape(v) for k, v in a.params_final.items()}
+    if shapes_a != {k: np.shape(v) for k, v in b.params_final.items()}:
+        why.append("parameter shapes differ")
+    else:
+        dev = relative_deviation(b.params_final, a.params_final)
+        if not dev <= tol:
+            why.append(f"params_final dev {dev:.1e} > {tol:g}")
+    if len(a.probs) != len(b.probs):
+        why.append("probs lengths differ")
+    else:
+        gap = float(np.max(np.abs(np.asarray(b.probs, float) - np.asarray(a.probs, float))))
+        if not gap <= tol:
+            why.append(f"probs differ by {gap:.1e} > {tol:g}")
+    for name in ("learned", "agrees", "first_divergence"):
+        va, vb = getattr(a, name), getattr(b, name)
+        if va != vb:
+            why.append(f"{name} {va} -> {vb}")
+    return why
+
+
+def diff_runs(dir_a, dir_b) -> RunDiff:
+    man_a, recs_a = load_run(dir_a)
+    man_b, recs_b = load_run(dir_b)
+    recs_a, recs_b = ensure_judged(recs_a), ensure_judged(recs_b)
+    fields = _key_fields(recs_a, recs_b)
+    index_a = {tuple(getattr(r, f) for f in fields): r for r in recs_a}
+    index_b = {tuple(getattr(r, f) for f in fields): r for r in recs_b}
+    out = RunDiff()
+    changed: dict[str, set] = {}
+    for key in sorted(index_a.keys() & index_b.keys(), key=lambda k: index_a[k].cell.key):
+        a, b = index_a[key], index_b[key]
+        out.compared += 1
+        for s in SETTINGS:
+            if getattr(a, s) != getattr(b, s):
+                changed.setdefault(s, set()).add((getattr(a, s), getattr(b, s)))
+        why = compare_records(a, b)
+        if why:
+            out.differing.append((label(a), why))
+    for s, pairs in changed.items():
+        out.settings += [f"{s}: {va} (A) vs {vb} (B)" for va, vb in sorted(pairs, key=str)]
+    va, vb = man_a.get("versions", {}), man_b.get("versions", {})
+    out.versions = [f"{k}: {va.get(k)} (A) vs {vb.get(k)} (B)"
+                    for k in sorted(va.keys() | vb.keys()) if va.get(k) != vb.get(k)]
+    out.only_a = [label(r) for r in sorted((index_a[k] for k in index_a.keys() - index_b.keys()),
+                                           key=lambda r: r.cell.key)]
+    out.only_b = [label(r) for r in sorted((index_b[k] for k in index_b.keys() - index_a.keys()),
+                                           key=lambda r: r.cell.key)]
+    return out
+
+
+def format_diff(d: RunDiff, dir_a, dir_b) -> str:
+    lines = [f"A: {dir_a}", f"B: {dir_b}"]
+    if d.settings:
+        lines += ["settings differ:", *(f"  {s}" for s in d.settings)]
+    if d.versions:
+        lines += ["versions differ:", *(f"  {v}" for v in d.versions)]
+    if d.differing:
+        lines.append("cells that differ:")
+        lines += [f"  {name}: {'; '.join(why)}" for name, why in d.differing]
+    for side, cells in (("A", d.only_a), ("B", d.only_b)):
+        if cells:
+            lines.append(f"only in {side}:")
+            lines += [f"  {c}" for c in cells]
+    lines.append(f"{len(d.differing)} of {d.compared} matched cells differ; {len(d.only_a)} only "
+                 f"in A, {len(d.only_b)} only in B")
+    return "\n".join(lines)

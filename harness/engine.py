@@ -1,0 +1,396 @@
+"""Worker processes: where cells run and frameworks are probed.
+
+* Every cell runs in a worker process (``python -m harness.worker BACKEND``,
+  see harness/worker.py), never in the harness's own process, and every
+  availability probe runs in a child process: a framework that segfaults,
+  aborts, hangs or runs out of memory costs only the cell it was running,
+  and the run carries on.
+* A worker serves one backend, imports its framework once, and runs that
+  backend's cells one at a time until none are left.  One framework per
+  process also sidesteps frameworks that misbehave together.
+* The probe is a worker too: ``start_workers`` starts one per backend at
+  once, and each says whether its import worked.  A run keeps the ones that
+  did as its first workers, so no framework is imported just to probe it;
+  ``probe`` (``harness list``) lets them go.
+* subprocess with JSON lines, not multiprocessing: nothing forks after a
+  framework is loaded, nothing is pickled, a dead worker is simply a pipe at
+  EOF plus an exit status, and its stderr sits in a file whose lines go
+  into the cell's record.
+* Scheduling never changes a number: a cell is a pure function of its Cell
+  (runner.run_cell), and workers run math libraries single-threaded (unless
+  the environment says otherwise) whatever ``--jobs`` is, so N workers use
+  N cores and no cell depends on N.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.registry import Availability
+from harness.results import Record
+from harness.tasks import Cell
+
+ROOT = Path(__file__).resolve().parent.parent
+# A framework import that takes longer than this is reported as hung.
+IMPORT_TIMEOUT = 120.0
+# Intra-op thread pools only add overhead on 4-row truth tables.
+THREAD_VARS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "TF_NUM_INTRAOP_THREADS": "1"}
+STDERR_LINES = 30
+# A backend gets a second (third...) worker only while it has at least this
+# many queued cells per worker it already has: each worker imports anew.
+CELLS_PER_EXTRA_WORKER = 4
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in THREAD_VARS.items():
+        env.setdefault(key, value)
+    # Workers import the same harness as this process, wherever it came from.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def exit_cause(returncode: int) -> str:
+    """'killed by SIGSEGV' or 'exited with status 3'."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (out of memory, or killed from outside)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {returncode}"
+
+
+def _stderr_lines(err, start: int = 0) -> list[str]:
+    """What err received since byte offset start, for a record: memory
+    addresses blanked (so the same crash reads the same in every run), the
+    list of loaded extension modules dropped, long output cut in the middle."""
+    size = os.fstat(err.fileno()).st_size
+    begin = max(start, size - 256 * 1024)
+    text = os.pread(err.fileno(), size - begin, begin).decode("utf-8", "replace")
+    lines = [re.sub(r"0x[0-9a-fA-F]{6,}", "0x?", ln.rstrip())[:500] for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln.strip() and not ln.startswith("Extension modules:")]
+    return lines if len(lines) <= STDERR_LINES else [*lines[:10], "...", *lines[-20:]]
+
+
+def crash_site(lines: list[str]) -> str:
+    """The line that best says where a process died: the innermost frame of
+    a faulthandler dump, else the last line (an exception's message)."""
+    for i, line in enumerate(lines[:-1]):
+        if "most recent call first" in line:
+            return lines[i + 1].strip()
+    return lines[-1].strip() if lines else ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run of a cell; --repeat runs the same cell as several tasks."""
+
+    cell: Cell
+    repeat: int = 0
+
+    @property
+    def cost(self) -> int:
+        return self.cell.epochs
+
+
+class Worker:
+    """A worker process for one backend, running at most one task at a time.
+
+    Its first message (``hello``) says whether the framework imported; until
+    then ``deadline`` is the import's.
+    """
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker", backend],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, env=worker_env())
+        self.fd = self.proc.stdout.fileno()
+        self.buffer = b""
+        self.hello: dict | None = None
+        self.task: Task | None = None
+        self.deadline: float | None = time.monotonic() + IMPORT_TIMEOUT
+        self.err_start = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.hello is not None and self.hello["state"] == "ok"
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and self.task is None
+
+    def assign(self, task: Task, deadline: float | None) -> None:
+        self.task = task
+        if self.ready:
+            self.deadline = deadline
+        self.err_start = os.fstat(self.err.fileno()).st_size
+        try:
+            self.proc.stdin.write((json.dumps(task.cell.to_dict()) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died; EOF on its stdout reports it
+
+    def read(self) -> list[dict] | None:
+        """Records received so far (the hello is kept aside), or None at EOF."""
+        data = os.read(self.fd, 1 << 16)
+        if not data:
+            return None
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        messages = [json.loads(line) for line in lines]
+        for msg in messages:
+            if "state" in msg:
+                self.hello, self.deadline = msg, None
+        return [msg["record"] for msg in messages if "record" in msg]
+
+    def death(self) -> str:
+        """Why this worker's process ended, in words (after EOF)."""
+        self.proc.wait()
+        if self.hello and not self.ready:
+            return f"worker could not import {self.backend} ({self.hello['state']}: " \
+                   f"{self.hello['detail']})"
+        where = "while running this cell" if self.ready else f"while importing {self.backend}"
+        return f"worker process {exit_cause(self.proc.returncode)} {where}"
+
+    def stderr_lines(self) -> list[str]:
+        return _stderr_lines(self.err, self.err_start)
+
+    def close(self) -> None:
+        """Stop gracefully: the worker exits when its stdin closes."""
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for fh in (self.proc.stdin, self.proc.stdout, self.err):
+            try:
+                fh.close()
+            except BrokenPipeError:
+                pass
+
+
+# ------------------------------------------------------------------- probing
+
+def start_workers(names, timeout: float = IMPORT_TIMEOUT
+                  ) -> tuple[dict[str, Availability], list[Worker]]:
+    """Start one worker per backend, all at once, and wait for each to import
+    its framework: (availability of each, the workers that are ready).  A
+    worker that dies or hangs while importing makes its backend `broken`."""
+    workers = [Worker(name) for name in names]
+    try:
+        waiting = list(workers)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select([w.fd for w in waiting], [], [],
+                                           max(0.0, deadline - time.monotonic()))
+            for w in [w for w in waiting if w.fd in readable]:
+                if w.read() is None:
+                    w.proc.wait()  # EOF: it has exited, or is about to
+                    waiting.remove(w)
+                elif w.hello:
+                    waiting.remove(w)
+        avail = {w.backend: _availability(w, timeout) for w in workers}
+    except BaseException:
+        for w in workers:
+            w.kill()
+        raise
+    for w in workers:
+        if not w.ready:
+            w.kill()
+    return avail, [w for w in workers if w.ready]
+
+
+def _availability(w: Worker, timeout: float) -> Availability:
+    if w.hello:
+        return Availability(w.backend, w.hello["state"], w.hello["version"], w.hello["detail"])
+    if w.proc.poll() is None:
+        return Availability(w.backend, "broken", None, f"import did not finish within {timeout:g} s")
+    site = crash_site(_stderr_lines(w.err))
+    return Availability(w.backend, "broken", None,
+                        f"import {exit_cause(w.proc.returncode)}" + (f": {site}" if site else ""))
+
+
+def probe(names, timeout: float = IMPORT_TIMEOUT) -> dict[str, Availability]:
+    """Availability of each backend, each imported in a child process."""
+    avail, workers = start_workers(names, timeout)
+    for w in workers:
+        w.close()
+    for w in workers:
+        _let_exit(w, 10)
+    return avail
+
+
+def _let_exit(w: Worker, seconds: float) -> None:
+    """Give a closed worker time to exit on its own, then make sure."""
+    try:
+        w.proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    w.kill()
+
+
+# ------------------------------------------------------------------- running
+
+@dataclass
+class BackendTiming:
+    workers: int = 0
+    import_seconds: float = 0.0
+    train_seconds: float = 0.0
+    cells: int = 0
+
+    def to_dict(self) -> dict:
+        return {"workers": self.workers, "import_seconds": round(self.import_seconds, 3),
+                "train_seconds": round(self.train_seconds, 3), "cells": self.cells}
+
+
+class Engine:
+    """Runs tasks with at most `jobs` of them at a time, each in a worker
+    for its backend.  ``workers``: ready workers from start_workers."""
+
+    def __init__(self, versions: dict[str, str | None], jobs: int, timeout: float | None,
+                 workers: list[Worker] = ()):
+        self.versions, self.jobs, self.timeout = versions, jobs, timeout
+        self.queues: dict[str, deque[Task]] = {}
+        self.workers: list[Worker] = []
+        self.closing: list[Worker] = []
+        self.timing: dict[str, BackendTiming] = {}
+        for w in workers:
+            self._adopt(w)
+
+    def _adopt(self, w: Worker) -> None:
+        self.workers.append(w)
+        self.timing.setdefault(w.backend, BackendTiming()).workers += 1
+
+    def run(self, tasks: list[Task], on_result: Callable[[Task, Record], None]
+            ) -> dict[str, BackendTiming]:
+        """Run every task; on_result(task, record) as each ends, in
+        completion order.  Every worker has ended when this returns."""
+        self.on_result = on_result
+        # Backends in the order given; within one, the longest cells first,
+        # so that no long cell is left for the end.
+        for backend in dict.fromkeys(t.cell.backend for t in tasks):
+            mine = [t for t in tasks if t.cell.backend == backend]
+            self.queues[backend] = deque(sorted(mine, key=lambda t: -t.cost))
+            self.timing.setdefault(backend, BackendTiming())
+        for w in self.workers:
+            self.timing[w.backend].import_seconds += w.hello["import_seconds"]
+        try:
+            while True:
+                self._dispatch()  # starts tasks while fewer than `jobs` run
+                if not self.workers:
+                    break
+                self._wait()
+            for w in self.closing:
+                _let_exit(w, 10)
+        finally:
+            self.shutdown()
+        return self.timing
+
+    def shutdown(self) -> None:
+        """Kill every worker (idempotent)."""
+        for w in self.workers + self.closing:
+            w.kill()
+
+    def _dispatch(self) -> None:
+        for w in list(self.workers):
+            if w.idle and not self.queues.get(w.backend):
+                w.close()
+                self.workers.remove(w)
+                self.closing.append(w)
+        while sum(w.task is not None for w in self.workers) < self.jobs:
+            backend = self._next_backend()
+            if backend is None:
+                break
+            w = next((w for w in self.workers if w.backend == backend and w.idle), None)
+            if w is None:
+                w = Worker(backend)
+                self._adopt(w)
+            w.assign(self.queues[backend].popleft(), self._deadline())
+
+    def _next_backend(self) -> str | None:
+        """Where the next task comes from: the first backend (in task order)
+        with an idle worker, so that backends finish one after another; else
+        the backend with the most queued work per worker, if that is worth a
+        new worker (each one imports its framework anew)."""
+        queued = [b for b, queue in self.queues.items() if queue]
+        for backend in queued:
+            if any(w.backend == backend and w.idle for w in self.workers):
+                return backend
+        best, best_share = None, 0.0
+        for backend in queued:
+            n = sum(w.backend == backend for w in self.workers)
+            queue = self.queues[backend]
+            share = sum(t.cost for t in queue) / (n + 1)
+            if len(queue) >= CELLS_PER_EXTRA_WORKER * n and share > best_share:
+                best, best_share = backend, share
+        return best
+
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _wait(self) -> None:
+        deadlines = [w.deadline for w in self.workers if w.deadline is not None]
+        wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        readable, _, _ = select.select([w.fd for w in self.workers], [], [], wait)
+        for w in [w for w in self.workers if w.fd in readable]:
+            self._receive(w)
+        now = time.monotonic()
+        for w in [w for w in self.workers if w.deadline is not None and now >= w.deadline]:
+            if w.ready:
+                self._lose(w, "timeout", f"killed after {self.timeout:g} s (--timeout)")
+            else:
+                self._lose(w, "error", f"importing {w.backend} did not finish within "
+                                       f"{IMPORT_TIMEOUT:g} s; worker killed")
+
+    def _receive(self, w: Worker) -> None:
+        was_ready = w.ready
+        records = w.read()
+        if records is None:
+            self._lose(w, "error", w.death())
+            return
+        if w.ready and not was_ready:
+            self.timing[w.backend].import_seconds += w.hello["import_seconds"]
+            w.deadline = self._deadline()  # its task's clock starts now
+        for data in records:
+            task, record = w.task, Record.from_dict(data)
+            w.task, w.deadline = None, None
+            timing = self.timing[w.backend]
+            timing.cells += 1
+            timing.train_seconds += record.seconds or 0.0
+            self.on_result(task, record)
+
+    def _lose(self, w: Worker, status: str, message: str) -> None:
+        """End worker w; its current task, if any, gets this status."""
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait()
+        lines = w.stderr_lines()
+        w.kill()
+        self.workers.remove(w)
+        if w.task is not None:
+            died = status == "error" and w.proc.returncode != 0
+            site = crash_site(lines) if died else ""
+            record = Record.for_cell(w.task.cell, status, message + (f" ({site})" if site else ""),
+                                     backend_version=self.versions.get(w.backend),
+                                     info={"stderr": lines} if lines else {})
+            self.timing[w.backend].cells += 1
+            self.on_result(w.task, record)

@@ -1,0 +1,142 @@
+"""The notebook's "automatic differentiation" check, in every backend.
+
+At each point, a backend's raw level returns its loss and autodiff gradient
+(``loss_and_grad(spec)``); both are compared with the oracle's closed-form
+values, and the gradient also with a central finite difference of the
+oracle's loss.  Points:
+
+* ``notebook``: w = (1, 1, -1.5), x = (1, 1, 1), y = 1, i.e. single arch,
+  W = (1, 1), b = -1.5, one row (1, 1) with target 1.  The notebook prints
+  loss 0.4740769841801066 and gradient -0.37754067 for every component.
+* ``<arch> <gate> seed <n>``: the harness's initial parameters of that cell,
+  on the gate's whole truth table.
+
+Errors are relative with a unit floor (``harness.compare``); a backend
+passes at ``tolerance(dtype, 1)`` (one step's worth of round-off), the
+finite difference at ``FINITE_DIFFERENCE_TOLERANCE``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness import oracle, registry
+from harness.compare import FINITE_DIFFERENCE_TOLERANCE, relative_deviation, tolerance
+from harness.tasks import ARCHS, DEFAULT_LR, Cell, TrainSpec, init_params, truth_table
+
+NOTEBOOK_LOSS = 0.4740769841801066
+# Printed to 8 decimals, so known to within half a unit of the last one.
+NOTEBOOK_GRAD = -0.37754067
+NOTEBOOK_GRAD_PRECISION = 5e-9
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    spec: TrainSpec
+
+
+def points(seed: int = 0, gate: str = "xor", dtype: str = "float64", hidden: int = 2) -> list[Point]:
+    out = [Point("notebook", TrainSpec(
+        level="raw", arch="single", gate="and", dtype=dtype, lr=DEFAULT_LR, epochs=1, hidden=None,
+        x=np.array([[1.0, 1.0]], dtype=dtype), y=np.array([[1.0]], dtype=dtype),
+        params={"W": np.array([[1.0], [1.0]], dtype=dtype), "b": np.array([-1.5], dtype=dtype)}))]
+    for arch in ARCHS:
+        cell = Cell("gradcheck", "raw", arch, gate, seed, dtype, epochs=1,
+                    hidden=hidden if arch == "multi" else None)
+        x, y = truth_table(gate, dtype)
+        out.append(Point(f"{arch} {gate} seed {seed}", TrainSpec(
+            level="raw", arch=arch, gate=gate, dtype=dtype, lr=DEFAULT_LR, epochs=1,
+            hidden=cell.hidden, x=x, y=y, params=init_params(cell))))
+    return out
+
+
+def _err(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1.0)
+
+
+@dataclass(frozen=True)
+class Row:
+    backend: str
+    point: str
+    loss: float | None
+    loss_err: float | None
+    grad_err: float | None  # vs the oracle's closed form
+    fd_err: float | None  # vs the central finite difference
+    ok: bool | None  # None: not run (framework missing, no raw level)
+    note: str = ""
+
+
+def _reference(point: Point):
+    """The oracle's loss and gradient at a point, in float64, and the finite difference."""
+    params = {k: np.asarray(v, np.float64) for k, v in point.spec.params.items()}
+    x, y = np.asarray(point.spec.x, np.float64), np.asarray(point.spec.y, np.float64)
+    loss, grad = oracle.loss_and_grad(params, x, y)
+    return loss, grad, oracle.finite_difference(params, x, y)
+
+
+def check(backends: list[str], seed: int = 0, gate: str = "xor", dtype: str = "float64",
+          hidden: int = 2) -> list[Row]:
+    pts = points(seed, gate, dtype, hidden)
+    refs = [_reference(p) for p in pts]
+    rows = []
+    # The referee first: its closed form against finite differences and the notebook.
+    for p, (loss, grad, fd) in zip(pts, refs):
+        fd_err = relative_deviation(grad, fd)
+        if p.name != "notebook":
+            rows.append(Row("oracle", p.name, loss, None, None, fd_err,
+                            fd_err <= FINITE_DIFFERENCE_TOLERANCE))
+            continue
+        # At the notebook's point, errors are against its printed numbers.
+        loss_err = _err(loss, NOTEBOOK_LOSS)
+        grad_err = max(abs(g - NOTEBOOK_GRAD) for v in grad.values() for g in np.ravel(v))
+        ok = (fd_err <= FINITE_DIFFERENCE_TOLERANCE and loss_err <= tolerance("float64", 1)
+              and grad_err <= NOTEBOOK_GRAD_PRECISION)
+        rows.append(Row("oracle", p.name, loss, loss_err, grad_err, fd_err, ok, "vs notebook"))
+    tol = tolerance(dtype, 1)
+    for name in backends:
+        mod = registry.backend_module(name)
+        if "raw" not in mod.LEVELS or not hasattr(mod, "loss_and_grad"):
+            rows.append(Row(name, "-", None, None, None, None, None, "no raw level"))
+            continue
+        avail = registry.probe(name)
+        if not avail.ok:
+            rows.append(Row(name, "-", None, None, None, None, None, f"{avail.state}: {avail.detail}"))
+            continue
+        for p, (ref_loss, ref_grad, fd) in zip(pts, refs):
+            try:
+                loss, grad = mod.loss_and_grad(p.spec)
+                grad = {k: np.asarray(grad[k], np.float64).reshape(np.shape(ref_grad[k]))
+                        for k in ref_grad}
+            except Exception as exc:  # noqa: BLE001 - a failing backend is a row, not a crash
+                rows.append(Row(name, p.name, None, None, None, None, False,
+                                f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
+                continue
+            loss_err, grad_err = _err(float(loss), ref_loss), relative_deviation(grad, ref_grad)
+            fd_err = relative_deviation(grad, fd)
+            ok = bool(loss_err <= tol and grad_err <= tol
+                      and fd_err <= max(tol, FINITE_DIFFERENCE_TOLERANCE))
+            rows.append(Row(name, p.name, float(loss), loss_err, grad_err, fd_err, ok))
+    return rows
+
+
+def table(rows: list[Row], dtype: str) -> str:
+    from harness.analysis import format_table
+
+    def e(v):
+        return "" if v is None else f"{v:.1e}"
+
+    body = [[r.backend, r.point, "" if r.loss is None else f"{r.loss:.16g}", e(r.loss_err),
+             e(r.grad_err), e(r.fd_err),
+             {True: "ok", False: "MISMATCH", None: "skipped"}[r.ok] + (f"  {r.note}" if r.note else "")]
+            for r in rows]
+    head = (f"gradient check ({dtype}): loss and gradient of each backend's raw level vs the "
+            f"oracle's closed form (pass at {tolerance(dtype, 1):g}) and vs a central finite "
+            f"difference (pass at {max(tolerance(dtype, 1), FINITE_DIFFERENCE_TOLERANCE):g}); "
+            "errors relative with a unit floor.\nThe oracle's notebook row is against the "
+            f"notebook's printed loss {NOTEBOOK_LOSS} and gradient {NOTEBOOK_GRAD} (each "
+            f"component, 8 decimals: pass at {NOTEBOOK_GRAD_PRECISION:g}).")
+    return head + "\n" + format_table(
+        ["backend", "point", "loss", "loss err", "grad err", "vs fd", "verdict"], body,
+        left=(0, 1, 6))

@@ -1,0 +1,59 @@
+"""The child side of the engine: ``python -m harness.worker BACKEND``.
+
+Protocol: one JSON object per line.  The worker imports its backend's
+framework (once) and writes ``{"state", "version", "detail",
+"import_seconds"}`` (the probe's answer); it exits there unless the state is
+``ok``.  Then it reads cells (``Cell.to_dict()``) from stdin, one per line,
+and answers each with ``{"record": Record.to_dict()}`` until stdin closes.  Floats travel as
+Python's JSON (NaN allowed), which round-trips every float64 exactly; the
+results writer makes them strict.
+
+Only the protocol uses the real stdout: file descriptor 1 is pointed at
+stderr so that anything a framework prints cannot corrupt it.  The parent
+keeps stderr in a file and reads its tail when a worker dies.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    # Ctrl-C on a terminal reaches the whole process group; the parent alone
+    # decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A segfault then leaves a Python traceback in stderr for the record.
+    faulthandler.enable()
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr  # Python-level prints too, unbuffered, in order
+
+    def send(obj) -> None:
+        sys.stderr.flush()  # this cell's stderr is in the file before its answer
+        protocol.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        protocol.flush()
+
+    name = argv[0]
+
+    from harness import registry
+    from harness.runner import run_cell
+    from harness.tasks import Cell
+
+    t0 = time.perf_counter()
+    avail = registry.probe(name)
+    send({"state": avail.state, "version": avail.version, "detail": avail.detail,
+          "import_seconds": time.perf_counter() - t0})
+    if not avail.ok:
+        return 0
+    for line in sys.stdin:
+        record = run_cell(Cell.from_dict(json.loads(line)), avail.version)
+        send({"record": record.to_dict()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

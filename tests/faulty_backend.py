@@ -1,0 +1,52 @@
+"""A test-only backend that misbehaves on purpose, chosen by gate; every
+other cell is trained by the numpy reference, so its numbers are real.
+
+* ``xor``: segfaults (a genuine read of address 0) half-way through training.
+* ``xnor``: the process exits with status 3 half-way through training.
+* ``nand``: hangs (for --timeout and Ctrl-C); writes its pid to
+  $FAULTY_PIDFILE first, so a test can check the worker was ended.
+* ``nor``: not deterministic: noise from os.urandom on the final weights.
+
+$FAULTY_SLEEP (seconds) makes every cell that long, for kill -9 tests.
+Registered through HARNESS_EXTRA_BACKENDS=faulty=tests.faulty_backend.
+"""
+import ctypes
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+from backends import numpy_backend
+
+NAME = "faulty"
+IMPORTS = ("numpy",)
+LEVELS = numpy_backend.LEVELS
+UNSUPPORTED: dict = {}
+ARCH_LIMITS = numpy_backend.ARCH_LIMITS
+
+
+def framework_version():
+    return np.__version__
+
+
+def train(spec):
+    time.sleep(float(os.environ.get("FAULTY_SLEEP", 0)))
+    if spec.gate in ("xor", "xnor"):
+        numpy_backend.train(dataclasses.replace(spec, epochs=spec.epochs // 2))
+        print(f"faulty: failing on purpose at epoch {spec.epochs // 2}", file=sys.stderr, flush=True)
+        if spec.gate == "xor":
+            ctypes.string_at(0)
+        os._exit(3)
+    if spec.gate == "nand":
+        if os.environ.get("FAULTY_PIDFILE"):
+            with open(os.environ["FAULTY_PIDFILE"], "w") as fh:
+                fh.write(str(os.getpid()))
+        time.sleep(3600)
+    result = numpy_backend.train(spec)
+    if spec.gate == "nor":
+        noise = (1 + int.from_bytes(os.urandom(2), "little")) * 1e-3  # visible in float32
+        final = {k: v + noise for k, v in result.params_final.items()}
+        result = dataclasses.replace(result, params_final=final)
+    return result
