@@ -41,7 +41,10 @@ def summary_table(records: list[Record]) -> str:
     if total["not-identical"]:
         cols.append("not-identical")
     header = ["backend", "level", *cols]
-    rows = [[b, lv, *(str(table[(b, lv)][c]) for c in cols)] for b, lv in keys]
+    # A level a framework lacks fills whole rows with `unsupported`; those
+    # rows are named once below the table instead of drowning the real ones.
+    lacking = [k for k in keys if table[k]["unsupported"] == table[k]["cells"]]
+    rows = [[b, lv, *(str(table[(b, lv)][c]) for c in cols)] for b, lv in keys if (b, lv) not in lacking]
     rows.append(["total", "", *(str(total[c]) for c in cols)])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -50,7 +53,21 @@ def summary_table(records: list[Record]) -> str:
 
     lines = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows[:-1]),
              fmt(["-" * w for w in widths]), fmt(rows[-1])]
-    return "\n".join(lines + nondeterminism(records))
+    return "\n".join(lines + unsupported_rows(lacking) + nondeterminism(records))
+
+
+def unsupported_rows(lacking: list[tuple[str, str]]) -> list[str]:
+    """One line naming every (backend, level) whose cells are all unsupported."""
+    if not lacking:
+        return []
+    by_level: dict[str, list[str]] = {}
+    for backend, level in lacking:
+        by_level.setdefault(level, []).append(backend)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for level, backends in by_level.items():
+        groups.setdefault(tuple(backends), []).append(level)
+    parts = [f"{', '.join(levels)} on {', '.join(backends)}" for backends, levels in groups.items()]
+    return [f"unsupported, not shown (reasons in each record's message): {'; '.join(parts)}"]
 
 
 def nondeterminism(records: list[Record]) -> list[str]:
