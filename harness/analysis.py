@@ -194,8 +194,10 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
         if r.status == "ok" and r.agrees is False:
             first = (f"first divergence at epoch {r.first_divergence}"
                      if r.first_divergence is not None else "loss curve within the band")
+            why = _known(r)
             out.append(Finding("disagrees with the oracle", where(r)[0], f"{where(r)[1]}: "
-                               f"oracle_dev {_num(r.oracle_dev)} > {r.tolerance:g}, {first}"))
+                               f"oracle_dev {_num(r.oracle_dev)} > {r.tolerance:g}, {first}"
+                               + (f" (known: {why})" if why else "")))
     for r in records:
         if r.status not in ("ok", "unsupported", "skipped"):
             msg = r.message.splitlines()[0] if r.message else ""
@@ -220,6 +222,13 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
             out.append(Finding("learned set differs from the oracle's", f"{c.backend} {c.level}",
                                f"{c.arch} {c.gate}: {'; '.join(parts)}"))
     return out
+
+
+def _known(r) -> str | None:
+    try:
+        return registry.known_departure(r.cell)
+    except (ImportError, registry.UnknownChoice):  # a run from a backend this checkout lacks
+        return None
 
 
 def summarize_findings(found: list[Finding]) -> list[str]:

@@ -117,6 +117,14 @@ def gap(name: str, level: str, arch: str) -> str | None:
     return None
 
 
+def known_departure(cell) -> str | None:
+    """Why a cell is known to depart from the reference, from its backend's
+    optional ``known_departure(cell)``: a framework behaviour that no adapter
+    can change without rewriting the framework's own function."""
+    hook = getattr(backend_module(cell.backend), "known_departure", None)
+    return hook(cell) if hook else None
+
+
 def known_gaps() -> dict[tuple[str, str], str]:
     """Every (backend, level) a backend lacks, with its reason: the one list of gaps."""
     out = {}

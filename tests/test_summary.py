@@ -20,3 +20,14 @@ def test_rows_of_only_unsupported_cells_are_named_below_the_table():
                     "module on autograd; perceptron on torch")
     total = next(line for line in body.splitlines() if line.startswith("total")).split()
     assert total[1:4] == ["4", "2", "2"]  # cells, ok, learned: the hidden rows still count
+
+
+def test_findings_name_a_known_departure():
+    from harness.analysis import findings
+
+    cell = Cell(backend="mxnet", level="module", arch="single", gate="and", seed=0,
+                dtype="float64", init="zeros")
+    r = Record.for_cell(cell, "ok", agrees=False, oracle_dev=1e-3, tolerance=1e-9,
+                        first_divergence=1)
+    (f,) = [f for f in findings([r], conv=[], levels=[]) if f.kind == "disagrees with the oracle"]
+    assert "known: Gluon's SigmoidBinaryCrossEntropyLoss" in f.detail
