@@ -132,6 +132,16 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     cfg["init_scale"] = _number("init_scale", raw["init_scale"], minimum=0)
     cfg["lr"] = _number("lr", raw["lr"], minimum=0, strict_min=True)
     cfg["epochs"] = None if raw["epochs"] is None else _number("epochs", raw["epochs"], int, 1)
+    if cfg["dtype"] == "float32" and cfg["epochs"] is not None:
+        # Every cell is judged against a tolerance measured for its step count;
+        # past the table there is none, and we do not invent one.
+        from harness.compare import FLOAT32_TOLERANCES
+
+        limit = FLOAT32_TOLERANCES[-1][0]
+        if cfg["epochs"] > limit:
+            raise ConfigError(f"Invalid epochs {raw['epochs']!r} for float32: its tolerance "
+                              f"(harness/compare.py) is measured up to {limit} steps. Expected "
+                              f"epochs <= {limit}, or dtype float64.")
     cfg["hidden"] = _number("hidden", raw["hidden"], int, 1)
     cfg["out"] = None if raw["out"] is None else str(raw["out"])
     cfg["timeout"] = (None if raw["timeout"] is None

@@ -83,6 +83,7 @@ def one_line_exit_2(r, needle):
     (["--lr", "-1"], "lr"),
     (["--lr", "0"], "lr"),
     (["--epochs", "-3"], "epochs"),
+    (["--epochs", "20000"], "measured up to"),
     (["--epochs", "2.5"], "epochs"),
     (["--dtype", "float16"], "'float16'"),
     (["--init", "ones"], "'ones'"),
