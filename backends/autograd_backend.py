@@ -39,10 +39,6 @@ LEVELS = ("raw", "optimizer")
 UNSUPPORTED = {
     "module": "autograd differentiates plain numpy functions and has no layer modules "
               "(no Linear/Sequential/loss objects)",
-    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
-                  "autograd has no perceptron",
-    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
-                        "algorithms; autograd has no perceptron",
 }
 
 

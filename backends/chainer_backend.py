@@ -38,12 +38,7 @@ from harness.tasks import TrainResult, TrainSpec
 NAME = "chainer"
 IMPORTS = ("chainer",)
 LEVELS = ("raw", "module", "optimizer")
-UNSUPPORTED = {
-    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
-                  "chainer has no perceptron",
-    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
-                        "algorithms; chainer has no perceptron",
-}
+UNSUPPORTED: dict[str, str] = {}
 
 
 def framework_version() -> str:

@@ -61,12 +61,7 @@ from harness.tasks import TrainResult, TrainSpec
 NAME = "mxnet"
 IMPORTS = ("mxnet",)
 LEVELS = ("raw", "module", "optimizer")
-UNSUPPORTED = {
-    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
-                  "mxnet has no perceptron",
-    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
-                        "algorithms; mxnet has no perceptron",
-}
+UNSUPPORTED: dict[str, str] = {}
 
 
 def known_departure(cell) -> str | None:

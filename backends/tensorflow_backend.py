@@ -69,12 +69,7 @@ from harness.tasks import TrainResult, TrainSpec
 NAME = "tensorflow"
 IMPORTS = ("tensorflow", "keras")
 LEVELS = ("raw", "module", "optimizer")
-UNSUPPORTED = {
-    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
-                  "tensorflow has no perceptron",
-    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
-                        "algorithms; tensorflow has no perceptron",
-}
+UNSUPPORTED: dict[str, str] = {}
 
 
 def framework_version() -> str:

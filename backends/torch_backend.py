@@ -28,12 +28,7 @@ from harness.tasks import TrainResult, TrainSpec
 NAME = "torch"
 IMPORTS = ("torch",)
 LEVELS = ("raw", "module", "optimizer")
-UNSUPPORTED = {
-    "perceptron": "the perceptron levels are the numpy reference's hand-written algorithms; "
-                  "torch has no perceptron",
-    "perceptron-batch": "the perceptron levels are the numpy reference's hand-written "
-                        "algorithms; torch has no perceptron",
-}
+UNSUPPORTED: dict[str, str] = {}
 
 
 def framework_version() -> str:

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from types import ModuleType
 
-from harness.tasks import LEVELS
+from harness.tasks import LEVELS, PERCEPTRON_LEVELS
 
 # Order is presentation order: the reference first, then from concrete
 # (autograd) to the frameworks with layer modules.
@@ -106,11 +106,22 @@ def probe(name: str) -> Availability:
         return Availability(name, "broken", None, f"import failed: {detail}")
 
 
+def _lacks(name: str, mod: ModuleType, level: str) -> str:
+    """Why a backend lacks a level: its own ``UNSUPPORTED`` entry, else the
+    reason shared by every framework (the perceptron levels are numpy's)."""
+    if level in mod.UNSUPPORTED:
+        return mod.UNSUPPORTED[level]
+    if level in PERCEPTRON_LEVELS:
+        return (f"the perceptron levels are the numpy reference's hand-written algorithms; "
+                f"{name} has no perceptron")
+    return f"{name} does not implement level {level!r}"
+
+
 def gap(name: str, level: str, arch: str) -> str | None:
     """The reason a backend cannot run (level, arch), or None when it can."""
     mod = backend_module(name)
     if level not in mod.LEVELS:
-        return mod.UNSUPPORTED.get(level, f"{name} does not implement level {level!r}")
+        return _lacks(name, mod, level)
     limit = getattr(mod, "ARCH_LIMITS", {}).get(level)
     if limit and arch not in limit[0]:
         return limit[1]
@@ -132,5 +143,5 @@ def known_gaps() -> dict[tuple[str, str], str]:
         mod = backend_module(name)
         for level in LEVELS:
             if level not in mod.LEVELS:
-                out[(name, level)] = mod.UNSUPPORTED.get(level, "not implemented")
+                out[(name, level)] = _lacks(name, mod, level)
     return out
