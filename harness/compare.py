@@ -10,46 +10,70 @@ test, verdict and report reads them from here, never from a local constant.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-
-from harness.tasks import Cell, TrainResult, TrainSpec, init_params
 
 # float64: every cell must agree with the reference to this, whatever the
 # step count; any larger gap is a convention that differs, not round-off.
 FLOAT64_TOLERANCE = 1e-9
 
 # float32: round-off of ~6e-8 per operation, amplified by the training
-# dynamics, so the bound grows with the number of steps.  (max steps,
-# tolerance) rows, first match wins; beyond the last row there is no measured
-# bound and ``tolerance`` raises.
+# dynamics, so the bounds grow with the number of steps.  Rows are (max
+# steps, final parameters, loss curve), first match wins; beyond the last row
+# nothing was measured and both functions raise.
 #
-# Measured by scripts/calibrate_float32.py: each float32 cell against
-# ``float64_reference(cell)`` (numpy in float64 from the same float32-cast
-# start), at the defaults lr 0.5, hidden 2, init_scale 1, init normal.  Worst
-# deviation found, and the row set at 10x it rounded up to the 1-2-5 series:
-#   100 steps:   3.2e-7 over 665 cells: all 6 backends x every level x 7 gates
-#                x seeds 0-4 (single arch)
-#   1000 steps:  7.2e-6 over 595 cells: the same, multi arch
-#   10000 steps: 3.9e-5 over 280 cells: numpy and torch, raw and optimizer,
-#                both archs, 7 gates x seeds 0-4 (--epochs 10000)
-# At 1000 steps the worst cell is the same (multi `or`, seed 1) in five of the
-# six frameworks: the dynamics amplify round-off, not one backend.
+# Measured by scripts/calibrate_float32.py: every ok float32 cell of a run
+# against the oracle's float64 trajectory from the cell's own float32 start
+# (harness.oracle), at the defaults lr 0.5, hidden 2, init_scale 1, init
+# normal; each bound is 10x the worst deviation, rounded up to the 1-2-5
+# series.  Worst deviations, parameters / loss curve:
+#   100 steps:   3.2e-7 / 1.3e-6  over 665 cells: all 6 backends x every
+#                level x 7 gates x seeds 0-4 (single arch)
+#   1000 steps:  7.2e-6 / 5.2e-4  over 595 cells: the same, multi arch
+#   10000 steps: 3.9e-5 / 5.2e-4  over 350 cells (--epochs 10000): numpy and
+#                torch raw and optimizer, tensorflow raw, both archs, 7 gates
+#                x seeds 0-4
+# Parameters and loss curve need separate bounds: in the worst loss-curve
+# cell (multi xor, seed 2, worst in every framework) the loss leaves a long
+# plateau in a sharp drop (0.055 per step around step 627), and round-off
+# gathered on the plateau moves the drop by under 1/100 of a step: a gap of
+# up to 5e-4 in the curve there, while the parameters meet again afterwards.
+# The worst parameter cell at 1000 steps is also one cell (multi `or`, seed
+# 1) in five of the six frameworks: the dynamics amplify round-off, not a
+# backend.
 FLOAT32_TOLERANCES = (
-    (100, 5e-6),
-    (1000, 1e-4),
-    (10000, 5e-4),
+    (100, 5e-6, 2e-5),
+    (1000, 1e-4, 1e-2),
+    (10000, 5e-4, 1e-2),
 )
 
 
-def tolerance(dtype: str, steps: int) -> float:
+def _row(dtype: str, steps: int) -> tuple[float, float]:
     if dtype == "float64":
-        return FLOAT64_TOLERANCE
-    for max_steps, tol in FLOAT32_TOLERANCES:
+        return FLOAT64_TOLERANCE, FLOAT64_TOLERANCE
+    for max_steps, params, curve in FLOAT32_TOLERANCES:
         if steps <= max_steps:
-            return tol
+            return params, curve
     raise ValueError(f"no tolerance for {dtype} at {steps} steps")
+
+
+def tolerance(dtype: str, steps: int) -> float:
+    """Bound on ``relative_deviation`` of final parameters."""
+    return _row(dtype, steps)[0]
+
+
+def loss_tolerance(dtype: str, steps: int) -> float:
+    """Bound on ``curve_deviation`` of a loss curve."""
+    return _row(dtype, steps)[1]
+
+
+def curve_deviation(curve, reference) -> float:
+    """Largest deviation of a loss curve from a reference curve, with the
+    same unit floor as ``relative_deviation``; inf where not finite."""
+    a = np.array([np.nan if v is None else v for v in curve], dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        dev = np.abs(a - b) / np.maximum(np.abs(b), 1.0)
+    return float(np.max(np.where(np.isfinite(dev), dev, np.inf), initial=0.0))
 
 
 def relative_deviation(a: dict, b: dict) -> float:
@@ -75,15 +99,3 @@ def relative_deviation(a: dict, b: dict) -> float:
 # step 1e-6: truncation error ~1e-13 and round-off ~1e-10 * |loss|, so any
 # gap above this is a wrong derivative, not the estimate's error.
 FINITE_DIFFERENCE_TOLERANCE = 1e-7
-
-
-def float64_reference(cell: Cell) -> TrainResult:
-    """The numpy reference's run of ``cell`` in float64, started from the
-    cell's own initial parameters: for a float32 cell, its float32-cast values
-    (exactly representable in float64), so the comparison measures float32
-    training round-off alone, not the rounding of the start."""
-    from backends import numpy_backend
-
-    spec = TrainSpec.from_cell(dataclasses.replace(cell, backend="numpy", dtype="float64"))
-    start = {k: v.astype(np.float64) for k, v in init_params(cell).items()}
-    return numpy_backend.train(dataclasses.replace(spec, params=start))

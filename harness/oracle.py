@@ -24,8 +24,9 @@ A verdict (``judge``) compares a record with its trajectory:
   ``agrees``: oracle_dev <= tolerance and the loss curve never leaves the band.
 * The band: loss entry t (t = 0 .. epochs - 1 from ``loss_curve``, t = epochs
   from ``loss_final``) leaves it when
-  ``|loss_t - oracle_t| / max(|oracle_t|, 1) > tolerance`` (or is not
-  finite); ``first_divergence`` is the first such t, else None.  A cell can
+  ``|loss_t - oracle_t| / max(|oracle_t|, 1) >
+  harness.compare.loss_tolerance(dtype, epochs)`` (or is not finite);
+  ``first_divergence`` is the first such t, else None.  A cell can
   disagree on parameters while its losses stay in the band (e.g. hidden
   units swapped): then first_divergence is None but agrees is False.
 * ``learned_epoch``: the number of updates after which every row first came
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.compare import relative_deviation, tolerance
+from harness.compare import loss_tolerance, relative_deviation, tolerance
 from harness.tasks import PERCEPTRON_LEVELS, truth_table
 
 RULES = ("gradient", "perceptron", "perceptron-batch")
@@ -257,7 +258,8 @@ def verdict(record, traj: Trajectory) -> dict:
     tol = tolerance(record.dtype, record.epochs)
     dev = relative_deviation(record.params_final, traj.params_final)
     first = first_divergence([*record.loss_curve, record.loss_final],
-                             [*traj.loss_curve, traj.loss_final], tol)
+                             [*traj.loss_curve, traj.loss_final],
+                             loss_tolerance(record.dtype, record.epochs))
     agrees = bool(dev <= tol and first is None)
     return {"oracle_dev": dev, "tolerance": tol, "agrees": agrees, "first_divergence": first,
             "learned_epoch": traj.learned_epoch if agrees else None}

@@ -1,89 +1,66 @@
 """Measure float32 round-off: the numbers behind harness.compare.FLOAT32_TOLERANCES.
 
-For every backend x level x gate x arch x seed (default seeds 0-4) that the
-installed frameworks can run, train the cell in float32 and compare its final
-parameters with ``harness.compare.float64_reference(cell)``: the numpy
-reference in float64 started from the same float32-cast initial parameters.
-Prints the worst deviation per backend/level/arch and per number of steps,
-and the table row each bucket would need at the given margin.
+Reads float32 run folders and compares every ok cell with the oracle's
+float64 trajectory from the cell's own float32 start (harness.oracle):
+final parameters with ``relative_deviation``, the loss curve (and final
+loss) with ``curve_deviation``.  Prints the worst of each per backend, level
+and arch, then per number of steps with the bound it would need at the
+margin, next to the table's.  The table's measurement:
 
-    PYTHONPATH=. .venv/bin/python scripts/calibrate_float32.py [--seeds 0-4] [--json out.json]
-        [--backends ...] [--levels ...] [--archs ...] [--epochs N]
+    harness run --dtype float32 --seeds 0-4 --out /tmp/f32
+    harness run --dtype float32 --seeds 0-4 --epochs 10000 --backends numpy,torch \\
+        --levels raw,optimizer --out /tmp/f32-10k
+    PYTHONPATH=. .venv/bin/python scripts/calibrate_float32.py /tmp/f32 /tmp/f32-10k
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import time
 from collections import defaultdict
 
-from harness import registry
-from harness.compare import FLOAT32_TOLERANCES, float64_reference, relative_deviation
-from harness.config import parse_seeds
-from harness.runner import run_cell
-from harness.tasks import ARCHS, DEFAULT_EPOCHS, DEFAULT_HIDDEN, GATES, LEVELS, Cell
+from harness import oracle
+from harness.compare import FLOAT32_TOLERANCES, curve_deviation, relative_deviation
+from harness.results import load_run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--backends", default=",".join(registry.BACKENDS))
-    parser.add_argument("--levels", default=",".join(LEVELS))
-    parser.add_argument("--archs", default=",".join(ARCHS))
-    parser.add_argument("--epochs", type=int, help="default: 100 single, 1000 multi")
+    parser.add_argument("runs", nargs="+", help="run folders of float32 cells")
     parser.add_argument("--margin", type=float, default=10.0)
-    parser.add_argument("--json", help="write every cell's deviation here")
     args = parser.parse_args()
 
-    rows = []
-    by_group: dict[tuple, float] = defaultdict(float)
-    by_steps: dict[int, tuple[float, str]] = {}
-    t0 = time.perf_counter()
-    # Registry order: torch is imported before tensorflow.
-    for backend in [b for b in registry.BACKENDS if b in args.backends.split(",")]:
-        avail = registry.probe(backend)
-        if not avail.ok:
-            print(f"{backend}: {avail.state} ({avail.detail}), not measured")
-            continue
-        for level in [lv for lv in LEVELS if lv in args.levels.split(",")]:
-            for arch in [a for a in ARCHS if a in args.archs.split(",")]:
-                if registry.gap(backend, level, arch):
-                    continue
-                for gate in GATES:
-                    for seed in parse_seeds(args.seeds):
-                        cell = Cell(backend=backend, level=level, arch=arch, gate=gate, seed=seed,
-                                    dtype="float32", epochs=args.epochs or DEFAULT_EPOCHS[arch],
-                                    hidden=DEFAULT_HIDDEN if arch == "multi" else None)
-                        rec = run_cell(cell, avail.version)
-                        if rec.status != "ok":
-                            print(f"{backend} {level} {arch} {gate} seed {seed}: {rec.status} "
-                                  f"{rec.message}", file=sys.stderr)
-                            return 1
-                        dev = relative_deviation(rec.params_final,
-                                                 float64_reference(cell).params_final)
-                        rows.append({**cell.to_dict(), "deviation": dev, "seconds": rec.seconds})
-                        key = (backend, level, arch)
-                        by_group[key] = max(by_group[key], dev)
-                        name = f"{backend} {level} {arch} {gate} seed {seed}"
-                        if dev >= by_steps.get(cell.epochs, (-1.0, ""))[0]:
-                            by_steps[cell.epochs] = (dev, name)
+    records = [r for run in args.runs for r in load_run(run)[1]
+               if r.status == "ok" and r.dtype == "float32"]
+    if not records:
+        print("no ok float32 cells in " + ", ".join(args.runs), file=sys.stderr)
+        return 1
+    by_group: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    by_steps: dict[int, list] = defaultdict(lambda: [0, 0.0, "", 0.0, ""])
+    for rec, traj in zip(records, oracle.solve([oracle.Problem.of(r) for r in records])):
+        params = relative_deviation(rec.params_final, traj.params_final)
+        curve = curve_deviation([*rec.loss_curve, rec.loss_final],
+                                [*traj.loss_curve, traj.loss_final])
+        group = by_group[(rec.backend, rec.level, rec.arch, rec.epochs)]
+        group[:] = max(group[0], params), max(group[1], curve)
+        name = f"{rec.backend} {rec.level} {rec.arch} {rec.gate} seed {rec.seed}"
+        row = by_steps[rec.epochs]
+        row[0] += 1
+        if params >= row[1]:
+            row[1:3] = params, name
+        if curve >= row[3]:
+            row[3:5] = curve, name
 
-    print(f"{len(rows)} float32 cells in {time.perf_counter() - t0:.0f} s\n")
-    print(f"{'backend':<11} {'level':<17} {'arch':<7} max deviation")
-    for (backend, level, arch), dev in by_group.items():
-        print(f"{backend:<11} {level:<17} {arch:<7} {dev:.2e}")
-    print("\nsteps   max deviation  worst cell                              "
-          f"x{args.margin:g} -> next 1-2-5   table now")
-    for steps, (dev, name) in sorted(by_steps.items()):
-        need = _ceil_125(dev * args.margin)
-        table = next((f"{tol:.0e}" for max_steps, tol in FLOAT32_TOLERANCES if steps <= max_steps),
-                     "none")
-        print(f"{steps:<7} {dev:<14.2e} {name:<40} {need:<17.0e} {table}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh)
+    print(f"{'backend':<11} {'level':<17} {'arch':<7} {'steps':>6}  params   loss curve")
+    for (backend, level, arch, steps), (params, curve) in sorted(by_group.items()):
+        print(f"{backend:<11} {level:<17} {arch:<7} {steps:>6}  {params:.1e}  {curve:.1e}")
+    print(f"\nworst per number of steps; bound = x{args.margin:g}, next of the 1-2-5 series")
+    for steps, (n, params, p_name, curve, c_name) in sorted(by_steps.items()):
+        row = next((r for r in FLOAT32_TOLERANCES if steps <= r[0]), None)
+        table = f"{row[1]:.0e} / {row[2]:.0e}" if row else "none"
+        print(f"{steps} steps, {n} cells: params {params:.1e} ({p_name}), loss curve {curve:.1e} "
+              f"({c_name})\n    bound {_ceil_125(params * args.margin):.0e} / "
+              f"{_ceil_125(curve * args.margin):.0e}; table now {table}")
     return 0
 
 

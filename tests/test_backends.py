@@ -138,7 +138,8 @@ def test_mxnet_from_zeros_is_gradient_descent_with_that_gradient(level):
         dz = np.where(z == 0, -spec.y, sigmoid(z) - spec.y)
         W, b = W - cell.lr * spec.x.T @ dz, b - cell.lr * dz.sum(axis=0)
     rec = cached_run(cell)
-    assert relative_deviation(rec.params_final, {"W": W, "b": b}) <= tolerance("float64", cell.epochs)
+    replayed = {"W": W, "b": b}
+    assert relative_deviation(rec.params_final, replayed) <= tolerance("float64", cell.epochs)
     reference = cached_run(make_cell("numpy", "raw", "single", "and", init="zeros"))
     assert relative_deviation(rec.params_final, reference.params_final) > 1e-6
 
