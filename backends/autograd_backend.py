@@ -35,7 +35,6 @@ from harness.tasks import TrainResult, TrainSpec
 
 NAME = "autograd"
 IMPORTS = ("autograd",)
-LEVELS = ("raw", "optimizer")
 UNSUPPORTED = {
     "module": "autograd differentiates plain numpy functions and has no layer modules "
               "(no Linear/Sequential/loss objects)",
@@ -80,31 +79,45 @@ def _canonical(spec: TrainSpec, params) -> dict[str, np.ndarray]:
     return {k: np.asarray(params[k]).astype(spec.dtype) for k in spec.params}
 
 
-def train(spec: TrainSpec) -> TrainResult:
+def _result(spec: TrainSpec, forward, loss, params, curve, info=None) -> TrainResult:
+    final = _canonical(spec, params)
+    return TrainResult(params_start=_canonical(spec, spec.params), params_final=final,
+                       loss_curve=curve, loss_final=float(loss(final)),
+                       probs=np.asarray(forward(final)).reshape(-1), info=info or {})
+
+
+def train_raw(spec: TrainSpec) -> TrainResult:
+    from autograd import value_and_grad
+
+    forward, loss = _objective(spec)
+    value_grad = value_and_grad(loss)
+    params = {k: v.copy() for k, v in spec.params.items()}
+    curve: list[float] = []
+    for _ in range(spec.epochs):
+        value, grads = value_grad(params)
+        curve.append(float(value))
+        params = {k: params[k] - spec.lr * grads[k] for k in params}
+    return _result(spec, forward, loss, params, curve)
+
+
+def train_optimizer(spec: TrainSpec) -> TrainResult:
     from autograd import value_and_grad
     from autograd.misc.optimizers import sgd
 
     forward, loss = _objective(spec)
     value_grad = value_and_grad(loss)
-    params = {k: v.copy() for k, v in spec.params.items()}
-    start = _canonical(spec, params)
     curve: list[float] = []
-    info = {}
-    if spec.level == "raw":
-        for _ in range(spec.epochs):
-            value, grads = value_grad(params)
-            curve.append(float(value))
-            params = {k: params[k] - spec.lr * grads[k] for k in params}
-    else:
-        def grad(p, i):
-            value, g = value_grad(p)
-            curve.append(float(value))
-            return g
 
-        params = sgd(grad, params, num_iters=spec.epochs, step_size=spec.lr, mass=0.0)
-        # np.result_type(dtype, velocity's float64): see the docstring.
-        info["sgd_state_dtype"] = str(np.result_type(spec.dtype, np.float64))
-    final = _canonical(spec, params)
-    return TrainResult(params_start=start, params_final=final, loss_curve=curve,
-                       loss_final=float(loss(final)), probs=np.asarray(forward(final)).reshape(-1),
-                       info=info)
+    def grad(p, i):
+        value, g = value_grad(p)
+        curve.append(float(value))
+        return g
+
+    params = sgd(grad, {k: v.copy() for k, v in spec.params.items()}, num_iters=spec.epochs,
+                 step_size=spec.lr, mass=0.0)
+    # np.result_type(dtype, velocity's float64): see the docstring.
+    info = {"sgd_state_dtype": str(np.result_type(spec.dtype, np.float64))}
+    return _result(spec, forward, loss, params, curve, info)
+
+
+TRAINERS = {"raw": train_raw, "optimizer": train_optimizer}

@@ -31,13 +31,14 @@ Conventions adapted:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from harness.tasks import TrainResult, TrainSpec
 
 NAME = "chainer"
 IMPORTS = ("chainer",)
-LEVELS = ("raw", "module", "optimizer")
 UNSUPPORTED: dict[str, str] = {}
 
 
@@ -75,7 +76,14 @@ def loss_and_grad(spec: TrainSpec):
     return float(loss.array), {k: v.grad.copy() for k, v in params.items()}
 
 
-def _train_raw(chainer, spec: TrainSpec):
+def train_raw(spec: TrainSpec) -> TrainResult:
+    import chainer
+
+    with chainer.using_config("dtype", np.dtype(spec.dtype)):
+        return _train_raw(chainer, spec)
+
+
+def _train_raw(chainer, spec: TrainSpec) -> TrainResult:
     params, forward, loss_of = _raw_graph(chainer, spec)
     start = {k: v.array.copy() for k, v in params.items()}
     curve = []
@@ -89,7 +97,9 @@ def _train_raw(chainer, spec: TrainSpec):
     with chainer.no_backprop_mode():
         p = forward()
         loss = loss_of(p)
-    return start, {k: v.array.copy() for k, v in params.items()}, curve, float(loss.array), p.array
+    return TrainResult(params_start=start, params_final={k: v.array.copy() for k, v in params.items()},
+                       loss_curve=curve, loss_final=float(loss.array),
+                       probs=np.asarray(p.array).reshape(-1))
 
 
 def _build(chainer, spec: TrainSpec):
@@ -117,7 +127,14 @@ def _build(chainer, spec: TrainSpec):
     return model, read
 
 
-def _train_module(chainer, spec: TrainSpec, use_optimizer: bool):
+def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
+    import chainer
+
+    with chainer.using_config("dtype", np.dtype(spec.dtype)):
+        return _train_links(chainer, spec, use_optimizer)
+
+
+def _train_links(chainer, spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     F = chainer.functions
     model, read = _build(chainer, spec)
     t = spec.y.astype(np.int32)
@@ -142,17 +159,12 @@ def _train_module(chainer, spec: TrainSpec, use_optimizer: bool):
         z = model(spec.x)
         loss = loss_fn(z)
         probs = F.sigmoid(z).array
-    return start, read(), curve, float(loss.array), probs
+    return TrainResult(params_start=start, params_final=read(), loss_curve=curve,
+                       loss_final=float(loss.array), probs=np.asarray(probs).reshape(-1))
 
 
-def train(spec: TrainSpec) -> TrainResult:
-    import chainer
-
-    with chainer.using_config("dtype", np.dtype(spec.dtype)):
-        if spec.level == "raw":
-            start, final, curve, loss, probs = _train_raw(chainer, spec)
-        else:
-            start, final, curve, loss, probs = _train_module(chainer, spec,
-                                                             spec.level == "optimizer")
-    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
-                       probs=np.asarray(probs).reshape(-1))
+TRAINERS = {
+    "raw": train_raw,
+    "module": functools.partial(_train_module, use_optimizer=False),
+    "optimizer": functools.partial(_train_module, use_optimizer=True),
+}

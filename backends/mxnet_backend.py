@@ -54,13 +54,14 @@ Writing the loss by hand would hide what Gluon does, so we don't.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from harness.tasks import TrainResult, TrainSpec
 
 NAME = "mxnet"
 IMPORTS = ("mxnet",)
-LEVELS = ("raw", "module", "optimizer")
 UNSUPPORTED: dict[str, str] = {}
 
 
@@ -111,7 +112,9 @@ def loss_and_grad(spec: TrainSpec):
     return loss.asscalar().item(), {k: v.grad.asnumpy() for k, v in params.items()}
 
 
-def _train_raw(autograd, nd, spec: TrainSpec):
+def train_raw(spec: TrainSpec) -> TrainResult:
+    from mxnet import autograd, nd
+
     params, forward, loss_of = _raw_graph(nd, spec)
     start = {k: v.asnumpy() for k, v in params.items()}
     curve = []
@@ -124,8 +127,9 @@ def _train_raw(autograd, nd, spec: TrainSpec):
             p -= spec.lr * p.grad
     p = forward()
     loss = loss_of(p)
-    return (start, {k: v.asnumpy() for k, v in params.items()}, curve, loss.asscalar().item(),
-            p.asnumpy())
+    return TrainResult(params_start=start, params_final={k: v.asnumpy() for k, v in params.items()},
+                       loss_curve=curve, loss_final=loss.asscalar().item(),
+                       probs=p.asnumpy().reshape(-1))
 
 
 def _build(mx, spec: TrainSpec):
@@ -157,7 +161,9 @@ def _build(mx, spec: TrainSpec):
     return net, read
 
 
-def _train_module(mx, spec: TrainSpec, use_optimizer: bool):
+def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
+    import mxnet as mx
+
     autograd, gluon, nd = mx.autograd, mx.gluon, mx.nd
     net, read = _build(mx, spec)
     x, y = nd.array(spec.x, dtype=spec.dtype), nd.array(spec.y, dtype=spec.dtype)
@@ -179,17 +185,15 @@ def _train_module(mx, spec: TrainSpec, use_optimizer: bool):
                 weight -= spec.lr * param.grad()
     z = net(x)
     loss = loss_fn(z, y).sum()
-    return start, read(), curve, loss.asscalar().item(), z.sigmoid().asnumpy()
-
-
-def train(spec: TrainSpec) -> TrainResult:
-    import mxnet as mx
-
-    if spec.level == "raw":
-        start, final, curve, loss, probs = _train_raw(mx.autograd, mx.nd, spec)
-    else:
-        start, final, curve, loss, probs = _train_module(mx, spec, spec.level == "optimizer")
     # sgd_update's lr is a C float (see the docstring).
-    info = {"lr_applied": float(np.float32(spec.lr))} if spec.level == "optimizer" else {}
-    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
-                       probs=probs.reshape(-1), info=info)
+    info = {"lr_applied": float(np.float32(spec.lr))} if use_optimizer else {}
+    return TrainResult(params_start=start, params_final=read(), loss_curve=curve,
+                       loss_final=loss.asscalar().item(), probs=z.sigmoid().asnumpy().reshape(-1),
+                       info=info)
+
+
+TRAINERS = {
+    "raw": train_raw,
+    "module": functools.partial(_train_module, use_optimizer=False),
+    "optimizer": functools.partial(_train_module, use_optimizer=True),
+}

@@ -13,21 +13,18 @@ stored (in, out), so ``logits = x @ W + b``.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from harness.tasks import TrainResult, TrainSpec
 
 NAME = "numpy"
 IMPORTS = ("numpy",)
-LEVELS = ("raw", "module", "optimizer", "perceptron", "perceptron-batch")
 UNSUPPORTED: dict[str, str] = {}
-# Levels limited to some archs, with the reason.
-ARCH_LIMITS = {
-    "perceptron": ("single", "the perceptron rule has no gradient to pass through a hidden "
-                             "layer (Heaviside step); it is single-layer only"),
-    "perceptron-batch": ("single", "the perceptron rule has no gradient to pass through a "
-                                   "hidden layer (Heaviside step); it is single-layer only"),
-}
+_SINGLE_ONLY = (("single",), "the perceptron rule has no gradient to pass through a hidden "
+                             "layer (Heaviside step); it is single-layer only")
+ARCH_LIMITS = {"perceptron": _SINGLE_ONLY, "perceptron-batch": _SINGLE_ONLY}
 
 
 def framework_version() -> str:
@@ -64,8 +61,9 @@ def backprop(params, x, y, p, h):
     return {"W1": x.T @ dz1, "b1": dz1.sum(axis=0), "W2": h.T @ dz, "b2": dz.sum(axis=0)}
 
 
-def _train_raw(spec: TrainSpec):
+def train_raw(spec: TrainSpec) -> TrainResult:
     params = {k: v.copy() for k, v in spec.params.items()}
+    start = {k: v.copy() for k, v in spec.params.items()}
     curve = []
     for _ in range(spec.epochs):
         p, h = forward(params, spec.x)
@@ -74,7 +72,8 @@ def _train_raw(spec: TrainSpec):
         for name in params:
             params[name] -= spec.lr * grads[name]
     p, _ = forward(params, spec.x)
-    return params, curve, float(written_out_loss(p, spec.y)), p
+    return TrainResult(params_start=start, params_final=params, loss_curve=curve,
+                       loss_final=float(written_out_loss(p, spec.y)), probs=p.reshape(-1))
 
 
 # ------------------------------------------------------------- module level
@@ -161,7 +160,7 @@ def _model_params(model):
     return out
 
 
-def _train_module(spec: TrainSpec, use_optimizer: bool):
+def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     model = _build_model(spec)
     loss_fn = BCEWithLogitsSum()
     optimizer = SGD(model.parameters(), spec.lr) if use_optimizer else None
@@ -177,7 +176,9 @@ def _train_module(spec: TrainSpec, use_optimizer: bool):
             for layer, key in model.parameters():
                 layer.params[key] -= spec.lr * layer.grads[key]
     z = model.forward(spec.x)
-    return start, _model_params(model), curve, float(loss_fn.forward(z, spec.y)), sigmoid(z)
+    return TrainResult(params_start=start, params_final=_model_params(model), loss_curve=curve,
+                       loss_final=float(loss_fn.forward(z, spec.y)),
+                       probs=sigmoid(z).reshape(-1))
 
 
 # --------------------------------------------------------- perceptron levels
@@ -186,7 +187,8 @@ def heaviside(z):
     return np.heaviside(z, 0).astype(z.dtype)  # g(0) = 0, as in the notebook
 
 
-def _train_perceptron(spec: TrainSpec, online: bool):
+def _train_perceptron(spec: TrainSpec, online: bool) -> TrainResult:
+    start = {k: v.copy() for k, v in spec.params.items()}
     W, b = spec.params["W"].copy(), spec.params["b"].copy()
     x, y = spec.x, spec.y
     curve = []
@@ -202,7 +204,8 @@ def _train_perceptron(spec: TrainSpec, online: bool):
             W += spec.lr * x.T @ err
             b += spec.lr * err.sum(axis=0)
     out = heaviside(x @ W + b)
-    return {"W": W, "b": b}, curve, float(np.sum(out != y)), out
+    return TrainResult(params_start=start, params_final={"W": W, "b": b}, loss_curve=curve,
+                       loss_final=float(np.sum(out != y)), probs=out.reshape(-1))
 
 
 # ------------------------------------------------------------------ contract
@@ -213,13 +216,10 @@ def loss_and_grad(spec: TrainSpec):
     return float(written_out_loss(p, spec.y)), backprop(spec.params, spec.x, spec.y, p, h)
 
 
-def train(spec: TrainSpec) -> TrainResult:
-    start = {k: v.copy() for k, v in spec.params.items()}
-    if spec.level == "raw":
-        final, curve, loss, probs = _train_raw(spec)
-    elif spec.level in ("module", "optimizer"):
-        start, final, curve, loss, probs = _train_module(spec, spec.level == "optimizer")
-    else:
-        final, curve, loss, probs = _train_perceptron(spec, online=spec.level == "perceptron")
-    return TrainResult(params_start=start, params_final=final, loss_curve=curve,
-                       loss_final=loss, probs=np.asarray(probs).reshape(-1))
+TRAINERS = {
+    "raw": train_raw,
+    "module": functools.partial(_train_module, use_optimizer=False),
+    "optimizer": functools.partial(_train_module, use_optimizer=True),
+    "perceptron": functools.partial(_train_perceptron, online=True),
+    "perceptron-batch": functools.partial(_train_perceptron, online=False),
+}

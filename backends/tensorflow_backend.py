@@ -61,6 +61,7 @@ Conventions adapted:
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -68,7 +69,6 @@ from harness.tasks import TrainResult, TrainSpec
 
 NAME = "tensorflow"
 IMPORTS = ("tensorflow", "keras")
-LEVELS = ("raw", "module", "optimizer")
 UNSUPPORTED: dict[str, str] = {}
 
 
@@ -123,14 +123,22 @@ def _sgd_step(tf, variables, loss_fn, lr):
     return step
 
 
-def _train_raw(tf, spec: TrainSpec):
+def train_raw(spec: TrainSpec) -> TrainResult:
+    import tensorflow as tf
+
     params, forward, loss_of = _raw_graph(tf, spec)
     step = _sgd_step(tf, list(params.values()), lambda: loss_of(forward()), spec.lr)
     start = {k: _np(v) for k, v in params.items()}
     curve = [float(step()) for _ in range(spec.epochs)]
     p = forward()
     final = {k: _np(v) for k, v in params.items()}
-    return start, final, curve, float(loss_of(p)), _np(p)
+    return _result(tf, start, final, curve, float(loss_of(p)), _np(p))
+
+
+def _result(tf, start, final, curve, loss, probs) -> TrainResult:
+    mode = "eager" if tf.config.functions_run_eagerly() else "tf.function"
+    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
+                       probs=probs.reshape(-1), info={"mode": mode, "jit_compile": False})
 
 
 @contextlib.contextmanager
@@ -188,7 +196,15 @@ def _build(keras, spec: TrainSpec):
     return model, read
 
 
-def _train_module(tf, keras, spec: TrainSpec, use_optimizer: bool):
+def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
+    import keras
+    import tensorflow as tf
+
+    with _floatx(keras, spec.dtype):
+        return _train_keras(tf, keras, spec, use_optimizer)
+
+
+def _train_keras(tf, keras, spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     model, read = _build(keras, spec)
     x, y = tf.constant(spec.x), tf.constant(spec.y)
     loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
@@ -205,19 +221,11 @@ def _train_module(tf, keras, spec: TrainSpec, use_optimizer: bool):
                          lambda: loss_fn(y, model(x, training=True)), spec.lr)
         curve = [float(step()) for _ in range(spec.epochs)]
     z = model(x, training=False)
-    return start, read(), curve, float(loss_fn(y, z)), _np(tf.sigmoid(z))
+    return _result(tf, start, read(), curve, float(loss_fn(y, z)), _np(tf.sigmoid(z)))
 
 
-def train(spec: TrainSpec) -> TrainResult:
-    import keras
-    import tensorflow as tf
-
-    if spec.level == "raw":
-        start, final, curve, loss, probs = _train_raw(tf, spec)
-    else:
-        with _floatx(keras, spec.dtype):
-            start, final, curve, loss, probs = _train_module(tf, keras, spec,
-                                                             spec.level == "optimizer")
-    mode = "eager" if tf.config.functions_run_eagerly() else "tf.function"
-    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
-                       probs=probs.reshape(-1), info={"mode": mode, "jit_compile": False})
+TRAINERS = {
+    "raw": train_raw,
+    "module": functools.partial(_train_module, use_optimizer=False),
+    "optimizer": functools.partial(_train_module, use_optimizer=True),
+}

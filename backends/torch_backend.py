@@ -21,13 +21,14 @@ Conventions adapted:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from harness.tasks import TrainResult, TrainSpec
 
 NAME = "torch"
 IMPORTS = ("torch",)
-LEVELS = ("raw", "module", "optimizer")
 UNSUPPORTED: dict[str, str] = {}
 
 
@@ -67,7 +68,9 @@ def loss_and_grad(spec: TrainSpec):
     return loss.item(), {k: _np(v.grad) for k, v in params.items()}
 
 
-def _train_raw(torch, spec: TrainSpec):
+def train_raw(spec: TrainSpec) -> TrainResult:
+    import torch
+
     params, forward, loss_of = _raw_graph(torch, spec)
 
     start = {k: _np(v) for k, v in params.items()}
@@ -83,7 +86,13 @@ def _train_raw(torch, spec: TrainSpec):
     with torch.no_grad():
         p = forward()
         loss = loss_of(p)
-    return start, {k: _np(v) for k, v in params.items()}, curve, loss.item(), _np(p)
+    return _result(torch, start, {k: _np(v) for k, v in params.items()}, curve, loss, p)
+
+
+def _result(torch, start, final, curve, loss, probs) -> TrainResult:
+    return TrainResult(params_start=start, params_final=final, loss_curve=curve,
+                       loss_final=loss.item(), probs=_np(probs).reshape(-1),
+                       info={"threads": torch.get_num_threads()})
 
 
 def _build(torch, spec: TrainSpec):
@@ -113,7 +122,9 @@ def _build(torch, spec: TrainSpec):
     return model, read
 
 
-def _train_module(torch, spec: TrainSpec, use_optimizer: bool):
+def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
+    import torch
+
     model, read = _build(torch, spec)
     x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
@@ -134,15 +145,11 @@ def _train_module(torch, spec: TrainSpec, use_optimizer: bool):
     with torch.no_grad():
         z = model(x)
         loss = loss_fn(z, y)
-    return start, read(), curve, loss.item(), _np(z.sigmoid())
+    return _result(torch, start, read(), curve, loss, z.sigmoid())
 
 
-def train(spec: TrainSpec) -> TrainResult:
-    import torch
-
-    if spec.level == "raw":
-        start, final, curve, loss, probs = _train_raw(torch, spec)
-    else:
-        start, final, curve, loss, probs = _train_module(torch, spec, spec.level == "optimizer")
-    return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
-                       probs=probs.reshape(-1), info={"threads": torch.get_num_threads()})
+TRAINERS = {
+    "raw": train_raw,
+    "module": functools.partial(_train_module, use_optimizer=False),
+    "optimizer": functools.partial(_train_module, use_optimizer=True),
+}

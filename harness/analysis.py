@@ -1,8 +1,8 @@
 """What a run's records say, beyond counts: verdicts, level agreement,
 multi-seed convergence statistics and findings.
 
-* Verdicts come from ``harness.oracle``; records written before verdicts
-  existed are judged here on the fly.
+* Verdicts come from ``harness.oracle`` (judged in the workers, or by the
+  loader for records written before verdicts existed).
 * Level agreement: within one backend, the gradient levels (raw, module,
   optimizer) of the same cell must give the same params_final, to
   ``harness.compare.tolerance``.
@@ -24,19 +24,11 @@ from dataclasses import dataclass
 
 from harness import oracle, registry
 from harness.compare import relative_deviation, tolerance
-from harness.results import Record
+from harness.records import Record, Status
+from harness.registry import cell_order
 from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS, LEVELS, NOT_LINEARLY_SEPARABLE
 
 Z95 = 1.959963984540054
-
-
-def ensure_judged(records: list[Record]) -> list[Record]:
-    """Records with verdicts; those judged at run time are kept as they are."""
-    todo = [r for r in records if r.status == "ok" and r.agrees is None]
-    if not todo:
-        return list(records)
-    judged = dict(zip(map(id, todo), oracle.judge_all(todo)))
-    return [judged.get(id(r), r) for r in records]
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -47,12 +39,6 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def record_order(rec):
-    backends = list(registry.BACKENDS)
-    return (backends.index(rec.backend) if rec.backend in backends else len(backends),
-            LEVELS.index(rec.level), ARCHS.index(rec.arch), list(GATES).index(rec.gate))
 
 
 def label(rec) -> str:
@@ -74,7 +60,7 @@ def level_agreement(records: list[Record]
                     ) -> tuple[dict[str, tuple[int, int]], list[LevelMismatch]]:
     """({backend: (cells agreeing, cells compared)}, mismatches)."""
     groups: dict[tuple, list[Record]] = {}
-    for r in sorted(records, key=record_order):
+    for r in sorted(records, key=cell_order):
         if r.status == "ok" and r.level in GRADIENT_LEVELS:
             key = (r.backend, r.arch, r.gate, r.seed, r.dtype, r.init, r.init_scale, r.lr,
                    r.epochs, r.hidden)
@@ -131,7 +117,7 @@ def convergence(records: list[Record]) -> list[Convergence]:
     backend ``oracle`` with its rule as level (``gradient`` for raw, module
     and optimizer, which share a trajectory), over the seeds any backend ran."""
     ok = sorted((r for r in records if r.status == "ok"),
-                key=lambda r: (record_order(r), r.seed))
+                key=cell_order)
     pairs = list(zip(ok, oracle.solve([oracle.Problem.of(r) for r in ok])))
     groups: dict[tuple, list] = {}
     for r, t in pairs:
@@ -184,22 +170,20 @@ class Finding:
 def findings(records: list[Record], conv: list[Convergence] | None = None,
              levels: list[LevelMismatch] | None = None) -> list[Finding]:
     """Every finding, most serious kind first."""
-    records = sorted(records, key=lambda r: (record_order(r), r.seed))
+    records = sorted(records, key=cell_order)
     out = []
 
     def where(r):
         return f"{r.backend} {r.level}", f"{r.arch} {r.gate} seed {r.seed}"
 
     for r in records:
-        if r.status == "ok" and r.agrees is False:
-            first = (f"first divergence at epoch {r.first_divergence}"
-                     if r.first_divergence is not None else "loss curve within the band")
-            why = _known(r)
-            out.append(Finding("disagrees with the oracle", where(r)[0], f"{where(r)[1]}: "
-                               f"oracle_dev {_num(r.oracle_dev)} > {r.tolerance:g}, {first}"
+        if r.status == Status.OK and r.agrees is False:
+            why = registry.known_departure(r.cell)
+            out.append(Finding("disagrees with the oracle", where(r)[0],
+                               f"{where(r)[1]}: {departure(r)}"
                                + (f" (known: {why})" if why else "")))
     for r in records:
-        if r.status not in ("ok", "unsupported", "skipped"):
+        if r.status != Status.OK and not r.status.not_run:
             msg = r.message.splitlines()[0] if r.message else ""
             out.append(Finding(r.status, where(r)[0], f"{where(r)[1]}: {msg}"))
     if levels is None:
@@ -208,7 +192,7 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
         out.append(Finding("levels disagree", m.backend, f"{m.cell}: {m.levels[1]} vs "
                            f"{m.levels[0]} dev {_num(m.dev)} > {m.tol:g}"))
     for r in records:
-        if (r.status == "ok" and r.learned and r.arch == "single"
+        if (r.status == Status.OK and r.learned and r.arch == "single"
                 and r.gate in NOT_LINEARLY_SEPARABLE):
             out.append(Finding("learned single-layer xor/xnor (impossible for one threshold "
                                "unit)", where(r)[0], where(r)[1]))
@@ -224,11 +208,15 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
     return out
 
 
-def _known(r) -> str | None:
-    try:
-        return registry.known_departure(r.cell)
-    except (ImportError, registry.UnknownChoice):  # a run from a backend this checkout lacks
-        return None
+def departure(r: Record) -> str:
+    """How a disagreeing cell departs: which band it left, by how much, when."""
+    departed = r.departed or []
+    params = (f"params_final left its band (oracle_dev {_num(r.oracle_dev)} > {r.tolerance:g})"
+              if "params_final" in departed else
+              f"params_final within its band (oracle_dev {_num(r.oracle_dev)})")
+    curve = (f"loss curve left its band at epoch {r.first_departure}"
+             if "loss_curve" in departed else "loss curve within its band")
+    return f"{params}, {curve}"
 
 
 def summarize_findings(found: list[Finding]) -> list[str]:
@@ -250,7 +238,7 @@ def _num(v) -> str:
 def verdict_rows(records: list[Record]) -> list[list[str]]:
     """backend, level, ok, agree, disagree, worst oracle_dev / tolerance."""
     table: dict[tuple[str, str], list] = {}
-    for r in sorted(records, key=record_order):
+    for r in sorted(records, key=cell_order):
         if r.status != "ok":
             continue
         row = table.setdefault((r.backend, r.level), [0, 0, 0, 0.0])
@@ -296,7 +284,6 @@ def oracle_convergence_rows(conv: list[Convergence]) -> tuple[list[str], list[li
 
 def verdict_summary(records: list[Record]) -> str:
     """The text ``harness run`` prints after its counts."""
-    records = ensure_judged(records)
     rows = verdict_rows(records)
     if not rows:
         return "verdicts: no ok cells to judge"

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from harness import registry
-from harness.config import KEYS, ConfigError, load_toml, resolve
-from harness.results import RunFolderError, load_run
-from harness.tasks import ARCHS, GATES, LEVELS
+from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, resolve
+from harness.contract import ContractError
+from harness.results import RunFolderError
+from harness.tasks import ARCHS, AXES, GATES, LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
@@ -37,24 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the matrix of cells (default: configs/default.toml)")
     run.add_argument("--config", help="TOML file whose keys mirror these flags")
-    run.add_argument("--backends", help="comma list, or 'all' (%s)" % ",".join(registry.BACKENDS))
-    run.add_argument("--levels", help="comma list, or 'all' (%s)" % ",".join(LEVELS))
-    run.add_argument("--gates", help="comma list, or 'all' (%s)" % ",".join(GATES))
-    run.add_argument("--archs", help="comma list, or 'all' (%s)" % ",".join(ARCHS))
-    run.add_argument("--seeds", help="e.g. 0,3,5-9")
-    run.add_argument("--dtype", help="float32 (default) or float64")
-    run.add_argument("--init", help="normal (default) or zeros")
-    run.add_argument("--init-scale", dest="init_scale", help="multiplies normal draws (default 1)")
-    run.add_argument("--lr", help="learning rate (default 0.5)")
-    run.add_argument("--epochs", help="default: 100 for single, 1000 for multi")
-    run.add_argument("--hidden", help="hidden units of the multi arch (default 2)")
-    run.add_argument("--out", help="run folder (default results/<UTC timestamp>/)")
+    for _, axis in AXES:  # one flag per matrix axis, declared on Cell
+        choices = f" ({','.join(axis.valid())})" if axis.kind == "choices" else ""
+        run.add_argument(axis.flag, dest=axis.key, help=axis.help + choices)
+    for key, (_, text) in RUN_OPTIONS.items():
+        run.add_argument("--" + key.replace("_", "-"), dest=key, help=text)
     run.add_argument("--no-report", dest="no_report", action="store_true",
                      help="do not write report.html / report.md at the end")
-    run.add_argument("--timeout", help="seconds per cell; a cell past it is killed and recorded "
-                     "as `timeout` (default: none)")
-    run.add_argument("--repeat", help="run every cell this many times and flag any cell whose "
-                     "results are not bit-identical (default 1)")
     run.add_argument("--jobs", help="cells run at once, each in a worker process (default: "
                      "number of CPUs); results do not depend on it")
     run.add_argument("--resume", metavar="DIR", help="finish the interrupted run in DIR with "
@@ -122,30 +112,6 @@ def _jobs(value: str | None) -> int:
     return jobs
 
 
-def _resume(folder: str, used: list[str]) -> tuple[dict, Path, tuple]:
-    """(config, run folder, (manifest, records)) of a run to finish."""
-    if used:
-        raise UsageError(f"{used[0]} cannot be combined with --resume: the run keeps the "
-                         f"settings in {folder}/manifest.json (only --jobs and --quiet apply).")
-    from harness.runner import expand
-
-    man, records = load_run(folder)
-    man_path = Path(folder) / "manifest.json"
-    config = man.get("config")
-    if not isinstance(config, dict) or set(config) - set(KEYS):
-        raise RunFolderError(f"{man_path}: 'config' is not a harness run configuration.")
-    try:
-        cfg = resolve(config, {})
-    except ConfigError as exc:
-        raise RunFolderError(f"{man_path}: {exc}") from None
-    matrix = set(expand(cfg))
-    for n, rec in enumerate(records, 1):
-        if rec.cell not in matrix:
-            raise RunFolderError(f"{Path(folder) / 'results.jsonl'}:{n}: this cell is not in "
-                                 f"the matrix of {man_path}.")
-    return cfg, Path(folder), (man, records)
-
-
 def cmd_run(args) -> int:
     from harness.progress import make_progress
     from harness.runner import run_matrix
@@ -154,14 +120,24 @@ def cmd_run(args) -> int:
     flags = {k: getattr(args, k) for k in KEYS}
     jobs = _jobs(args.jobs)
     if args.resume is not None:
+        from harness.resume import open_resume
+
         used = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
-        cfg, run_dir, resume = _resume(args.resume, used + ["--config"] * bool(args.config))
+        used += ["--config"] * bool(args.config)
+        if used:
+            raise UsageError(f"{used[0]} cannot be combined with --resume: the run keeps the "
+                             f"settings in {args.resume}/manifest.json (only --jobs and --quiet "
+                             "apply).")
+        resume = open_resume(args.resume)
+        cfg, run_dir = resume.config, resume.run_dir
     else:
         config_path = args.config or (DEFAULT_CONFIG if not any(v is not None for v in flags.values())
                                       else None)
         file_values = load_toml(config_path) if config_path else {}
         cfg = resolve(file_values, flags)
         run_dir, resume = _resolve_out(cfg["out"]), None
+    for name in cfg["backends"]:
+        registry.backend(name)  # a backend that breaks the contract stops here
     outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs, progress=make_progress(args.quiet),
                          resume=resume)
     print(summary_table(outcome.records))
@@ -187,16 +163,23 @@ def _verdicts_and_report(run_dir: Path, records, report: bool) -> None:
 
 
 def cmd_list(args) -> int:
-    from harness.engine import probe
+    from harness.execution.engine import probe
 
-    print("backends:")
-    for name, a in probe(registry.BACKENDS).items():
+    invalid = {}
+    for name in registry.BACKENDS:
         try:
-            levels = ", ".join(registry.backend_module(name).LEVELS)
-        except ImportError as exc:
-            levels = f"? ({exc})"
+            registry.backend(name)
+        except ContractError as exc:
+            invalid[name] = str(exc)
+    avail = probe([n for n in registry.BACKENDS if n not in invalid])
+    print("backends:")
+    for name in registry.BACKENDS:
+        if name in invalid:
+            print(f"  {name:<11} invalid: {invalid[name]}")
+            continue
+        a = avail[name]
         state = f"ok {a.version}" if a.ok else f"{a.state} ({a.detail})"
-        print(f"  {name:<11} {state:<28} levels: {levels}")
+        print(f"  {name:<11} {state:<28} levels: {', '.join(registry.backend(name).levels)}")
     print(f"gates: {', '.join(GATES)}")
     print(f"archs: {', '.join(ARCHS)}")
     print(f"levels: {', '.join(LEVELS)}")
@@ -253,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
                 "report": cmd_report, "diff": cmd_diff}[args.command](args)
-    except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError) as exc:
+    except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError,
+            ContractError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,6 +1,9 @@
 """Run configuration: TOML file + command-line flags -> one validated dict.
 
-Keys mirror the flags of ``harness run``; flags override the file.  Files are
+Keys mirror the flags of ``harness run``; flags override the file.  The
+matrix's keys, defaults and checks come from the axes declared on
+``harness.tasks.Cell``; ``RUN_OPTIONS`` are the keys that shape the run,
+not its cells.  Files are
 read with tomllib only; nothing in a config is ever executed.  Every invalid
 value raises ConfigError with a one-line message naming the value and the
 valid choices.
@@ -13,18 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from harness import registry
-from harness.tasks import ARCHS, DEFAULT_HIDDEN, DEFAULT_LR, DTYPES, GATES, INITS, LEVELS
+from harness.tasks import AXES, Axis
 
-KEYS = ("backends", "levels", "gates", "archs", "seeds", "dtype", "init", "init_scale", "lr",
-        "epochs", "hidden", "out", "timeout", "repeat")
-
-DEFAULTS: dict[str, Any] = {
-    "backends": "all", "levels": "all", "gates": "all", "archs": "all", "seeds": "0",
-    "dtype": "float32", "init": "normal", "init_scale": 1.0, "lr": DEFAULT_LR,
-    "epochs": None, "hidden": DEFAULT_HIDDEN, "out": None,
-    # Seconds per cell before it is killed (None: no limit); runs per cell.
-    "timeout": None, "repeat": 1,
+# key: (default, help).  timeout: seconds per cell before it is killed
+# (None: no limit); repeat: runs per cell.
+RUN_OPTIONS: dict[str, tuple[Any, str]] = {
+    "out": (None, "run folder (default results/<UTC timestamp>/)"),
+    "timeout": (None, "seconds per cell; a cell past it is killed and recorded as `timeout` "
+                      "(default: none)"),
+    "repeat": (1, "run every cell this many times and flag any cell whose results are not "
+                  "bit-identical (default 1)"),
 }
+KEYS = (*(axis.key for _, axis in AXES), *RUN_OPTIONS)
+DEFAULTS: dict[str, Any] = {**{axis.key: axis.default for _, axis in AXES},
+                            **{k: d for k, (d, _) in RUN_OPTIONS.items()}}
 
 
 class ConfigError(ValueError):
@@ -112,26 +117,29 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _axis_value(axis: Axis, value: Any) -> Any:
+    """One axis's value from the file or a flag, validated."""
+    if axis.kind == "choices":
+        return _choices(axis.key, value, axis.valid())
+    if axis.kind == "seeds":
+        return parse_seeds(value)
+    if axis.kind == "choice":
+        try:
+            return registry.check_choice(axis.key, str(value), axis.valid())
+        except registry.UnknownChoice as exc:
+            raise ConfigError(str(exc)) from None
+    if value is None and axis.default is None:
+        return None
+    kind = int if axis.kind == "int" else float
+    return _number(axis.key, value, kind, axis.minimum, axis.above)
+
+
 def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[str, Any]:
     """Merge defaults < file < flags and validate every value."""
     raw = dict(DEFAULTS)
     raw.update(file_values)
     raw.update({k: v for k, v in flag_values.items() if v is not None})
-    cfg: dict[str, Any] = {
-        "backends": _choices("backends", raw["backends"], list(registry.BACKENDS)),
-        "levels": _choices("levels", raw["levels"], LEVELS),
-        "gates": _choices("gates", raw["gates"], list(GATES)),
-        "archs": _choices("archs", raw["archs"], ARCHS),
-        "seeds": parse_seeds(raw["seeds"]),
-    }
-    for key, valid in (("dtype", DTYPES), ("init", INITS)):
-        try:
-            cfg[key] = registry.check_choice(key, str(raw[key]), valid)
-        except registry.UnknownChoice as exc:
-            raise ConfigError(str(exc)) from None
-    cfg["init_scale"] = _number("init_scale", raw["init_scale"], minimum=0)
-    cfg["lr"] = _number("lr", raw["lr"], minimum=0, strict_min=True)
-    cfg["epochs"] = None if raw["epochs"] is None else _number("epochs", raw["epochs"], int, 1)
+    cfg: dict[str, Any] = {axis.key: _axis_value(axis, raw[axis.key]) for _, axis in AXES}
     if cfg["dtype"] == "float32" and cfg["epochs"] is not None:
         # Every cell is judged against a tolerance measured for its step count;
         # past the table there is none, and we do not invent one.
@@ -142,7 +150,6 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
             raise ConfigError(f"Invalid epochs {raw['epochs']!r} for float32: its tolerance "
                               f"(harness/compare.py) is measured up to {limit} steps. Expected "
                               f"epochs <= {limit}, or dtype float64.")
-    cfg["hidden"] = _number("hidden", raw["hidden"], int, 1)
     cfg["out"] = None if raw["out"] is None else str(raw["out"])
     cfg["timeout"] = (None if raw["timeout"] is None
                       else _number("timeout", raw["timeout"], minimum=0, strict_min=True))

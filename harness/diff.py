@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.analysis import ensure_judged, label
+from harness.analysis import label
 from harness.compare import relative_deviation, tolerance
-from harness.results import Record, load_run
+from harness.records import CELL_FIELDS, Record, Status
+from harness.registry import cell_order
+from harness.results import load_run
 
 BASE_KEY = ("backend", "level", "arch", "gate", "seed")
-SETTINGS = ("dtype", "init", "init_scale", "lr", "epochs", "hidden")
+# Every other axis: cells pair up across a change of setting.
+SETTINGS = tuple(f for f in CELL_FIELDS if f not in BASE_KEY)
 
 
 @dataclass
@@ -46,7 +49,7 @@ def compare_records(a: Record, b: Record) -> list[str]:
     why = []
     if a.status != b.status:
         return [f"status {a.status} -> {b.status}"]
-    if a.status != "ok":
+    if a.status != Status.OK:
         return []
     tol = max(tolerance(a.dtype, a.epochs), tolerance(b.dtype, b.epochs))
     shapes_a = {k: np.shape(v) for k, v in a.params_final.items()}
@@ -62,7 +65,7 @@ def compare_records(a: Record, b: Record) -> list[str]:
         gap = float(np.max(np.abs(np.asarray(b.probs, float) - np.asarray(a.probs, float))))
         if not gap <= tol:
             why.append(f"probs differ by {gap:.1e} > {tol:g}")
-    for name in ("learned", "agrees", "first_divergence"):
+    for name in ("learned", "agrees", "first_departure"):
         va, vb = getattr(a, name), getattr(b, name)
         if va != vb:
             why.append(f"{name} {va} -> {vb}")
@@ -72,13 +75,12 @@ def compare_records(a: Record, b: Record) -> list[str]:
 def diff_runs(dir_a, dir_b) -> RunDiff:
     man_a, recs_a = load_run(dir_a)
     man_b, recs_b = load_run(dir_b)
-    recs_a, recs_b = ensure_judged(recs_a), ensure_judged(recs_b)
     fields = _key_fields(recs_a, recs_b)
     index_a = {tuple(getattr(r, f) for f in fields): r for r in recs_a}
     index_b = {tuple(getattr(r, f) for f in fields): r for r in recs_b}
     out = RunDiff()
     changed: dict[str, set] = {}
-    for key in sorted(index_a.keys() & index_b.keys(), key=lambda k: index_a[k].cell.key):
+    for key in sorted(index_a.keys() & index_b.keys(), key=lambda k: cell_order(index_a[k])):
         a, b = index_a[key], index_b[key]
         out.compared += 1
         for s in SETTINGS:
@@ -93,9 +95,9 @@ def diff_runs(dir_a, dir_b) -> RunDiff:
     out.versions = [f"{k}: {va.get(k)} (A) vs {vb.get(k)} (B)"
                     for k in sorted(va.keys() | vb.keys()) if va.get(k) != vb.get(k)]
     out.only_a = [label(r) for r in sorted((index_a[k] for k in index_a.keys() - index_b.keys()),
-                                           key=lambda r: r.cell.key)]
+                                           key=cell_order)]
     out.only_b = [label(r) for r in sorted((index_b[k] for k in index_b.keys() - index_a.keys()),
-                                           key=lambda r: r.cell.key)]
+                                           key=cell_order)]
     return out
 
 

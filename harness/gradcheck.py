@@ -1,9 +1,11 @@
 """The notebook's "automatic differentiation" check, in every backend.
 
 At each point, a backend's raw level returns its loss and autodiff gradient
-(``loss_and_grad(spec)``); both are compared with the oracle's closed-form
-values, and the gradient also with a central finite difference of the
-oracle's loss.  Points:
+(``loss_and_grad(spec)``), computed in a worker process like training (a
+framework that crashes on import or mid-check costs only its own rows);
+both are compared here with the oracle's closed-form values, and the
+gradient also with a central finite difference of the oracle's loss.
+Points:
 
 * ``notebook``: w = (1, 1, -1.5), x = (1, 1, 1), y = 1, i.e. single arch,
   W = (1, 1), b = -1.5, one row (1, 1) with target 1.  The notebook prints
@@ -43,8 +45,7 @@ def points(seed: int = 0, gate: str = "xor", dtype: str = "float64", hidden: int
         x=np.array([[1.0, 1.0]], dtype=dtype), y=np.array([[1.0]], dtype=dtype),
         params={"W": np.array([[1.0], [1.0]], dtype=dtype), "b": np.array([-1.5], dtype=dtype)}))]
     for arch in ARCHS:
-        cell = Cell("gradcheck", "raw", arch, gate, seed, dtype, epochs=1,
-                    hidden=hidden if arch == "multi" else None)
+        cell = Cell("gradcheck", "raw", arch, gate, seed, dtype, epochs=1, hidden=hidden)
         x, y = truth_table(gate, dtype)
         out.append(Point(f"{arch} {gate} seed {seed}", TrainSpec(
             level="raw", arch=arch, gate=gate, dtype=dtype, lr=DEFAULT_LR, epochs=1,
@@ -94,31 +95,48 @@ def check(backends: list[str], seed: int = 0, gate: str = "xor", dtype: str = "f
         ok = (fd_err <= FINITE_DIFFERENCE_TOLERANCE and loss_err <= tolerance("float64", 1)
               and grad_err <= NOTEBOOK_GRAD_PRECISION)
         rows.append(Row("oracle", p.name, loss, loss_err, grad_err, fd_err, ok, "vs notebook"))
-    tol = tolerance(dtype, 1)
+    rows += _backend_rows(backends, pts, refs, tolerance(dtype, 1),
+                          {"seed": seed, "gate": gate, "dtype": dtype, "hidden": hidden})
+    return rows
+
+
+def _backend_rows(backends, pts, refs, tol, request) -> list[Row]:
+    from harness.execution import engine
+
+    rows: dict[str, list[Row]] = {}
+    with_raw = []
     for name in backends:
-        mod = registry.backend_module(name)
-        if "raw" not in mod.LEVELS or not hasattr(mod, "loss_and_grad"):
-            rows.append(Row(name, "-", None, None, None, None, None, "no raw level"))
+        if registry.backend(name).loss_and_grad is None:
+            rows[name] = [Row(name, "-", None, None, None, None, None, "no raw level")]
+        else:
+            with_raw.append(name)
+    avail, ready = engine.start_workers(with_raw)
+    for name, a in avail.items():
+        if not a.ok:
+            rows[name] = [Row(name, "-", None, None, None, None, None, f"{a.state}: {a.detail}")]
+    for name, answer in engine.ask(ready, {"gradcheck": request}).items():
+        if isinstance(answer, str):  # its worker died
+            rows[name] = [Row(name, "-", None, None, None, None, False, answer[:300])]
             continue
-        avail = registry.probe(name)
-        if not avail.ok:
-            rows.append(Row(name, "-", None, None, None, None, None, f"{avail.state}: {avail.detail}"))
-            continue
-        for p, (ref_loss, ref_grad, fd) in zip(pts, refs):
-            try:
-                loss, grad = mod.loss_and_grad(p.spec)
-                grad = {k: np.asarray(grad[k], np.float64).reshape(np.shape(ref_grad[k]))
-                        for k in ref_grad}
-            except Exception as exc:  # noqa: BLE001 - a failing backend is a row, not a crash
-                rows.append(Row(name, p.name, None, None, None, None, False,
-                                f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
+        rows[name] = []
+        for p, (ref_loss, ref_grad, fd), got in zip(pts, refs, answer["gradcheck"]):
+            if "error" in got:
+                rows[name].append(Row(name, p.name, None, None, None, None, False, got["error"]))
                 continue
-            loss_err, grad_err = _err(float(loss), ref_loss), relative_deviation(grad, ref_grad)
+            try:
+                grad = {k: np.asarray(got["grad"][k], np.float64).reshape(np.shape(ref_grad[k]))
+                        for k in ref_grad}
+            except (KeyError, ValueError) as exc:
+                rows[name].append(Row(name, p.name, None, None, None, None, False,
+                                      f"gradient not in canonical layout ({exc})"))
+                continue
+            loss = got["loss"]
+            loss_err, grad_err = _err(loss, ref_loss), relative_deviation(grad, ref_grad)
             fd_err = relative_deviation(grad, fd)
             ok = bool(loss_err <= tol and grad_err <= tol
                       and fd_err <= max(tol, FINITE_DIFFERENCE_TOLERANCE))
-            rows.append(Row(name, p.name, float(loss), loss_err, grad_err, fd_err, ok))
-    return rows
+            rows[name].append(Row(name, p.name, loss, loss_err, grad_err, fd_err, ok))
+    return [row for name in backends for row in rows[name]]
 
 
 def table(rows: list[Row], dtype: str) -> str:

@@ -26,9 +26,11 @@ A verdict (``judge``) compares a record with its trajectory:
   from ``loss_final``) leaves it when
   ``|loss_t - oracle_t| / max(|oracle_t|, 1) >
   harness.compare.loss_tolerance(dtype, epochs)`` (or is not finite);
-  ``first_divergence`` is the first such t, else None.  A cell can
+  ``first_departure`` is the first such t, else None.  A cell can
   disagree on parameters while its losses stay in the band (e.g. hidden
-  units swapped): then first_divergence is None but agrees is False.
+  units swapped, or a learning rate skewed by 0.1% on a multi-layer
+  float32 cell): ``departed`` names the bands a cell left,
+  ``params_final`` and/or ``loss_curve``, so a disagreement always says how.
 * ``learned_epoch``: the number of updates after which every row first came
   out right, read from the oracle's trajectory, which the cell follows when
   it agrees; None when the cell disagrees or does not end learned.
@@ -242,10 +244,11 @@ def trajectory(record) -> Trajectory:
 
 # ---------------------------------------------------------------- verdicts
 
-VERDICT_FIELDS = ("oracle_dev", "tolerance", "agrees", "first_divergence", "learned_epoch")
+VERDICT_FIELDS = ("oracle_dev", "tolerance", "agrees", "first_departure", "departed",
+                  "learned_epoch")
 
 
-def first_divergence(curve, oracle_curve, tol: float) -> int | None:
+def first_departure(curve, oracle_curve, tol: float) -> int | None:
     """First index where curve leaves the band around oracle_curve (see module doc)."""
     got = np.array([np.nan if v is None else v for v in curve], dtype=np.float64)
     want = np.asarray(oracle_curve, dtype=np.float64)
@@ -257,12 +260,14 @@ def first_divergence(curve, oracle_curve, tol: float) -> int | None:
 def verdict(record, traj: Trajectory) -> dict:
     tol = tolerance(record.dtype, record.epochs)
     dev = relative_deviation(record.params_final, traj.params_final)
-    first = first_divergence([*record.loss_curve, record.loss_final],
-                             [*traj.loss_curve, traj.loss_final],
-                             loss_tolerance(record.dtype, record.epochs))
-    agrees = bool(dev <= tol and first is None)
-    return {"oracle_dev": dev, "tolerance": tol, "agrees": agrees, "first_divergence": first,
-            "learned_epoch": traj.learned_epoch if agrees else None}
+    first = first_departure([*record.loss_curve, record.loss_final],
+                            [*traj.loss_curve, traj.loss_final],
+                            loss_tolerance(record.dtype, record.epochs))
+    departed = [*(["params_final"] if not dev <= tol else []),
+                *(["loss_curve"] if first is not None else [])]
+    agrees = not departed
+    return {"oracle_dev": dev, "tolerance": tol, "agrees": agrees, "first_departure": first,
+            "departed": departed, "learned_epoch": traj.learned_epoch if agrees else None}
 
 
 def judge(record, traj: Trajectory | None = None):

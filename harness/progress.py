@@ -13,9 +13,7 @@ import sys
 import time
 from collections import Counter
 
-from harness.results import STATUSES, Record
-
-FAILED = ("error", "timeout")
+from harness.records import FAILED, Record, Status
 
 
 class NullProgress:
@@ -33,7 +31,7 @@ class NullProgress:
 
 
 def status_text(counts: Counter) -> str:
-    return ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s])
+    return ", ".join(f"{s} {counts[s]}" for s in Status if counts[s])
 
 
 class PlainProgress(NullProgress):

@@ -1,9 +1,12 @@
-"""Lazy registry of backends: name -> module path.
+"""Lazy registry of backends: name -> "module.path", checked when fetched.
 
-Importing this module imports no framework.  A backend module itself must
-not import its framework at module level either: its capability constants
-(``LEVELS``, ``UNSUPPORTED``, ``ARCH_LIMITS``) are read without the framework,
-and the framework is imported inside ``framework_version()`` and ``train()``.
+Importing this module imports no framework, and neither does looking a
+backend up: ``backend(name)`` imports the backend *module* (which imports
+its framework only inside its functions, see ``harness.contract``) and
+validates it against the contract once, raising ``ContractError`` (one
+line, naming the backend and the broken rule) or ``UnknownChoice`` (with
+"Did you mean").  Registration order is presentation order, and
+``cell_order`` is the one order of cells everywhere (tables, files, report).
 
 Extra backends (a plug-in and test hook): ``HARNESS_EXTRA_BACKENDS`` holds
 ``name=module.path`` entries separated by commas; they are registered after
@@ -14,12 +17,13 @@ backends that crash, hang or misbehave on purpose (tests/faulty_backend.py).
 from __future__ import annotations
 
 import difflib
-import importlib
+import functools
 import os
 from dataclasses import dataclass
-from types import ModuleType
 
-from harness.tasks import LEVELS, PERCEPTRON_LEVELS
+from harness import contract
+from harness.contract import Backend, ContractError  # noqa: F401 - part of this API
+from harness.tasks import ARCHS, CELL_FIELDS, GATES, LEVELS
 
 # Order is presentation order: the reference first, then from concrete
 # (autograd) to the frameworks with layer modules.
@@ -69,9 +73,28 @@ def check_choice(kind: str, value: str, choices) -> str:
                         f"Expected one of {{{', '.join(map(str, choices))}}}.")
 
 
-def backend_module(name: str) -> ModuleType:
+@functools.lru_cache(maxsize=None)
+def backend(name: str) -> Backend:
+    """The validated declarations of a registered backend."""
     check_choice("backend", name, BACKENDS)
-    return importlib.import_module(BACKENDS[name])
+    return contract.load(name, BACKENDS[name])
+
+
+def _index(value, order) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+_REST = [f for f in CELL_FIELDS if f not in ("backend", "level", "arch", "gate", "seed")]
+
+
+def cell_order(item) -> tuple:
+    """Sort key of a Cell or Record: backend in registration order (unknown
+    ones last, by name), level, arch and gate in declaration order, then
+    seed and the remaining fields (None before any number)."""
+    cell = getattr(item, "cell", item)
+    return (_index(cell.backend, list(BACKENDS)), cell.backend, _index(cell.level, LEVELS),
+            _index(cell.arch, ARCHS), _index(cell.gate, list(GATES)), cell.seed,
+            *((v is not None, v) for v in (getattr(cell, f) for f in _REST)))
 
 
 @dataclass(frozen=True)
@@ -86,62 +109,18 @@ class Availability:
         return self.state == "ok"
 
 
-def probe(name: str) -> Availability:
-    """Import the backend's framework here and report whether it is usable.
-
-    ``missing``: the framework is not installed (ModuleNotFoundError);
-    ``broken``: importing it raised anything else, reported with its type.
-    """
-    mod = backend_module(name)
-    try:
-        for module in mod.IMPORTS:
-            importlib.import_module(module)
-        return Availability(name, "ok", mod.framework_version())
-    except ModuleNotFoundError as exc:
-        return Availability(name, "missing", None, f"{exc.name or exc} is not installed")
-    except BaseException as exc:  # noqa: BLE001 - a broken framework may raise anything
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return Availability(name, "broken", None, f"import failed: {detail}")
-
-
-def _lacks(name: str, mod: ModuleType, level: str) -> str:
-    """Why a backend lacks a level: its own ``UNSUPPORTED`` entry, else the
-    reason shared by every framework (the perceptron levels are numpy's)."""
-    if level in mod.UNSUPPORTED:
-        return mod.UNSUPPORTED[level]
-    if level in PERCEPTRON_LEVELS:
-        return (f"the perceptron levels are the numpy reference's hand-written algorithms; "
-                f"{name} has no perceptron")
-    return f"{name} does not implement level {level!r}"
-
-
-def gap(name: str, level: str, arch: str) -> str | None:
-    """The reason a backend cannot run (level, arch), or None when it can."""
-    mod = backend_module(name)
-    if level not in mod.LEVELS:
-        return _lacks(name, mod, level)
-    limit = getattr(mod, "ARCH_LIMITS", {}).get(level)
-    if limit and arch not in limit[0]:
-        return limit[1]
-    return None
-
-
 def known_departure(cell) -> str | None:
-    """Why a cell is known to depart from the reference, from its backend's
-    optional ``known_departure(cell)``: a framework behaviour that no adapter
-    can change without rewriting the framework's own function."""
-    hook = getattr(backend_module(cell.backend), "known_departure", None)
+    """Why a cell is known to depart from the reference (its backend's
+    optional ``known_departure``), or None; None too for a backend this
+    checkout does not have (a run folder from elsewhere)."""
+    try:
+        hook = backend(cell.backend).known_departure
+    except (UnknownChoice, contract.ContractError):
+        return None
     return hook(cell) if hook else None
 
 
 def known_gaps() -> dict[tuple[str, str], str]:
     """Every (backend, level) a backend lacks, with its reason: the one list of gaps."""
-    out = {}
-    for name in BACKENDS:
-        mod = backend_module(name)
-        for level in LEVELS:
-            if level not in mod.LEVELS:
-                out[(name, level)] = _lacks(name, mod, level)
-    return out
+    return {(name, level): reason for name in BACKENDS
+            for level, reason in backend(name).unsupported.items()}

@@ -25,7 +25,9 @@ import numpy as np
 
 from harness import analysis, oracle, registry
 from harness.compare import tolerance
-from harness.results import Record, atomic_write, load_run
+from harness.records import Record
+from harness.registry import cell_order
+from harness.results import atomic_write, load_run
 from harness.summary import counts
 from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS, LEVELS, NOT_LINEARLY_SEPARABLE
 
@@ -247,7 +249,7 @@ def curve_cells(records: list[Record]) -> list[tuple]:
         cell = (arch, g, min(r.seed for r in mine if r.gate == g))
         picks.append(cell)
         bad = sorted((r for r in mine if r.agrees is False),
-                     key=lambda r: (r.seed, analysis.record_order(r)))
+                     key=lambda r: (r.seed, cell_order(r)))
         if bad and not any((r.arch, r.gate, r.seed) == cell for r in bad):
             picks.append((arch, bad[0].gate, bad[0].seed))
     return picks
@@ -255,7 +257,7 @@ def curve_cells(records: list[Record]) -> list[tuple]:
 
 def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     recs = sorted((r for r in records if r.status == "ok" and r.level in GRADIENT_LEVELS
-                   and (r.arch, r.gate, r.seed) == (arch, gate, seed)), key=analysis.record_order)
+                   and (r.arch, r.gate, r.seed) == (arch, gate, seed)), key=cell_order)
     traj = oracle.trajectory(recs[0])
     ref = np.append(traj.loss_curve, traj.loss_final)
     t = np.arange(len(ref))
@@ -271,8 +273,8 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
         top.plot(t, curve, **style)
         band = np.abs(curve - ref) / np.maximum(np.abs(ref), 1.0)
         bottom.plot(t, np.maximum(band, floor), **style)
-        if r.first_divergence is not None:
-            k = r.first_divergence
+        if r.first_departure is not None:
+            k = r.first_departure
             for ax, y in ((top, curve[k]), (bottom, max(band[k], floor))):
                 ax.plot([k], [y], marker="X", ms=11, color=style["color"], mec="black", zorder=5)
             bottom.annotate(f"{r.backend} {r.level}: leaves the band at epoch {k}",
@@ -309,7 +311,7 @@ def surface_record(records: list[Record], arch: str, gate: str) -> Record | None
     """The record whose surface is drawn: smallest seed, then the first
     backend and level that agrees with the oracle (any ok one if none does)."""
     ok = sorted((r for r in records if r.status == "ok" and (r.arch, r.gate) == (arch, gate)),
-                key=lambda r: (r.seed, r.agrees is not True, analysis.record_order(r)))
+                key=lambda r: (r.seed, r.agrees is not True, cell_order(r)))
     return ok[0] if ok else None
 
 
@@ -511,7 +513,6 @@ def write_report(run_dir) -> Path:
     run_dir = Path(run_dir)
     man, records = load_run(run_dir)
     plt = _pyplot()
-    records = analysis.ensure_judged(records)
     grid = Grid.of(records)
     ok = [r for r in records if r.status == "ok"]
     agree_counts, mismatches = analysis.level_agreement(records)

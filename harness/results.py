@@ -4,16 +4,16 @@
   written as null), appended and flushed as each cell finishes.
 * results.csv: one row per cell; nested values (parameters, curves) are JSON
   strings so a spreadsheet or pandas reads the file directly.
-* manifest.json: schema version, time, command line, resolved config,
+* manifest.json: schema version (``harness.records``), time, command line, resolved config,
   machine, package versions, git commit; at the end of a run, its timing.
 
 CSV and manifest are written atomically (temporary file, then rename) so a
-reader never sees half a file.
+reader never sees half a file.  ``load_run`` is the one loader: it validates
+a folder and upgrades what an older harness wrote (``harness.records``).
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
 import io
 import json
@@ -22,78 +22,12 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.tasks import Cell
-
-SCHEMA_VERSION = 1
-# diverged: trained, but the loss or parameters became NaN or infinite;
-# timeout: killed after --timeout seconds.
-STATUSES = ("ok", "diverged", "unsupported", "skipped", "error", "timeout")
-
-
-@dataclass(frozen=True)
-class Record:
-    """Everything one cell produced.  Parameters are canonical nested lists."""
-
-    backend: str
-    level: str
-    arch: str
-    gate: str
-    seed: int
-    dtype: str
-    init: str
-    init_scale: float
-    lr: float
-    epochs: int
-    hidden: int | None
-    status: str
-    message: str = ""
-    backend_version: str | None = None
-    params_init: dict[str, list] | None = None
-    params_final: dict[str, list] | None = None
-    probs: list[float] | None = None
-    preds: list[int] | None = None
-    accuracy: float | None = None
-    learned: bool | None = None
-    loss_final: float | None = None
-    loss_curve: list[float] | None = None
-    seconds: float | None = None
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # The oracle's verdict (harness.oracle.judge); None unless status is ok.
-    oracle_dev: float | None = None
-    tolerance: float | None = None
-    agrees: bool | None = None
-    first_divergence: int | None = None
-    learned_epoch: int | None = None
-    # Updates after which the loss (or, at the end, the parameters) was
-    # first NaN or infinite: an index into loss_curve, or `epochs` when only
-    # the final state is.  None unless status is `diverged`.
-    diverged_epoch: int | None = None
-    # --repeat: names of the fields whose values differed between the runs
-    # of this cell ([] when bit-identical); None when it was not repeated.
-    repeat_mismatch: list[str] | None = None
-
-    @property
-    def cell(self) -> Cell:
-        return Cell.from_dict(dataclasses.asdict(self))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Record":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def for_cell(cls, cell: Cell, status: str, message: str = "", **fields) -> "Record":
-        return cls(**cell.to_dict(), status=status, message=message, **fields)
-
-
-RECORD_FIELDS = [f.name for f in dataclasses.fields(Record)]
+from harness.records import (RECORD_FIELDS, SCHEMA_VERSION, Record, Status,  # noqa: F401
+                             upgrade)
+from harness.registry import cell_order
 
 
 def strict(value):
@@ -145,8 +79,9 @@ class RunFolderError(ValueError):
 REQUIRED_FIELDS = ("backend", "level", "arch", "gate", "seed", "dtype", "status")
 
 
-def read_records(path: Path) -> list[Record]:
-    """Read results.jsonl.  A torn last line (no newline: the writer was killed
+def read_records(path: Path, version: int = SCHEMA_VERSION) -> list[Record]:
+    """Read results.jsonl written under schema ``version``, upgraded to the
+    current one.  A torn last line (no newline: the writer was killed
     mid-line) is ignored; any other malformed line raises RunFolderError."""
     records = []
     with open(path, encoding="utf-8") as fh:
@@ -160,12 +95,19 @@ def read_records(path: Path) -> list[Record]:
             if not isinstance(data, dict) or any(k not in data for k in REQUIRED_FIELDS):
                 raise RunFolderError(f"{path}:{n}: not a harness record (expected fields "
                                      f"{', '.join(REQUIRED_FIELDS)}).")
-            records.append(Record.from_dict(data))
+            try:
+                records.append(Record.from_dict(upgrade(data, version)))
+            except (TypeError, ValueError) as exc:
+                raise RunFolderError(f"{path}:{n}: not a schema-{version} harness record "
+                                     f"({exc}).") from None
     return records
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
-    """(manifest, records) of a run folder, validated; RunFolderError otherwise."""
+    """(manifest, records) of a run folder, validated and upgraded to the
+    current schema (records without verdicts are judged here); the manifest
+    keeps the ``schema_version`` it was written with.  RunFolderError
+    otherwise."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"Run folder {str(run_dir)!r} does not exist or is not a folder.")
@@ -176,13 +118,19 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
         raise RunFolderError(f"{man_path}: missing; {str(run_dir)!r} is not a harness run folder.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunFolderError(f"{man_path}: not valid JSON ({exc}).") from None
-    if not isinstance(man, dict) or man.get("schema_version") != SCHEMA_VERSION:
-        raise RunFolderError(f"{man_path}: not a harness manifest with schema_version "
-                             f"{SCHEMA_VERSION}.")
+    version = man.get("schema_version") if isinstance(man, dict) else None
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+        raise RunFolderError(f"{man_path}: not a harness manifest with a schema_version from 1 "
+                             f"to {SCHEMA_VERSION} (this harness reads those; a newer harness "
+                             "wrote a higher one).")
     res_path = run_dir / "results.jsonl"
     if not res_path.is_file():
         raise RunFolderError(f"{res_path}: missing; {str(run_dir)!r} has no results.")
-    return man, read_records(res_path)
+    records = read_records(res_path, version)
+    if any(r.status == Status.OK and r.agrees is None for r in records):
+        from harness.oracle import judge_all  # records from before verdicts existed
+        records = judge_all(records)
+    return man, records
 
 
 def csv_text(records: list[Record]) -> str:
@@ -201,7 +149,7 @@ def csv_text(records: list[Record]) -> str:
 
 def write_tables(run_dir: Path, records: list[Record]) -> list[Record]:
     """Rewrite results.jsonl and results.csv sorted by cell, atomically."""
-    records = sorted(records, key=lambda r: r.cell.key)
+    records = sorted(records, key=cell_order)
     atomic_write(run_dir / "results.jsonl", "".join(dumps(r.to_dict()) + "\n" for r in records))
     atomic_write(run_dir / "results.csv", csv_text(records))
     return records

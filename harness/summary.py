@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from harness import registry
-from harness.results import STATUSES, Record
+from harness.records import Record, Status
 from harness.tasks import LEVELS
 
 ALWAYS = ("ok", "unsupported", "skipped", "error")
@@ -34,8 +34,8 @@ def summary_table(records: list[Record]) -> str:
     total = Counter()
     for c in table.values():
         total.update(c)
-    statuses = [s for s in STATUSES if s in ALWAYS or total[s]]
-    statuses += sorted(s for s in total if s not in STATUSES and s not in
+    statuses = [s for s in Status if s in ALWAYS or total[s]]
+    statuses += sorted(s for s in total if s not in set(Status) and s not in
                        ("learned", "cells", "not-identical"))
     cols = ["cells", "ok", "learned", *statuses[1:]]
     if total["not-identical"]:

@@ -23,8 +23,8 @@ Conventions (identical for every backend and level):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -79,41 +79,105 @@ def param_shapes(arch: str, n_in: int, hidden: int | None) -> list[tuple[str, tu
     return [("W1", (n_in, hidden)), ("b1", (hidden,)), ("W2", (hidden, 1)), ("b2", (1,))]
 
 
-@dataclass(frozen=True, order=True)
-class Cell:
-    """One point of the matrix: a plain, serializable spec.
+def _backend_names() -> list[str]:
+    from harness import registry  # the registry imports this module
+    return list(registry.BACKENDS)
 
-    Field order is the sort order of result files (backend first, so one
-    backend's cells sit together).
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the matrix, declared once on its Cell field.
+
+    The config key, the ``harness run`` flag (``--`` + key, dashes for
+    underscores), the default and the validation all come from here, so a
+    new axis is one field on Cell plus its use in the backends that need it.
+    ``kind``: ``choices`` (a list, crossed; 'all' means every choice),
+    ``seeds`` (ranges like '0,3,5-9', crossed), ``choice`` (one of
+    ``choices``), ``int`` or ``float`` (bounded below by ``minimum``, strictly
+    when ``above``).  A default of None means "derived per cell" (epochs).
     """
 
-    backend: str
-    level: str
-    arch: str
-    gate: str
-    seed: int
-    dtype: str = "float32"
-    init: str = "normal"
-    init_scale: float = 1.0
-    lr: float = DEFAULT_LR
-    epochs: int = 100
-    # None for `single`, which has no hidden layer.
-    hidden: int | None = None
+    key: str
+    kind: str
+    default: Any
+    help: str
+    choices: Callable[[], list[str]] | tuple[str, ...] | None = None
+    minimum: float | None = None
+    above: bool = False
+
+    @property
+    def crossed(self) -> bool:
+        return self.kind in ("choices", "seeds")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    def valid(self) -> list[str]:
+        return list(self.choices() if callable(self.choices) else self.choices or ())
+
+
+def _axis(**kw) -> dict:
+    return {"axis": Axis(**kw)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix: a plain, serializable spec, and the one
+    declaration of the matrix's axes (each field's ``axis`` metadata).
+
+    ``epochs`` left None becomes the arch's default; ``hidden`` is None for
+    ``single``, which has no hidden layer.
+    """
+
+    backend: str = field(metadata=_axis(
+        key="backends", kind="choices", default="all", choices=_backend_names,
+        help="comma list, or 'all'"))
+    level: str = field(metadata=_axis(
+        key="levels", kind="choices", default="all", choices=LEVELS, help="comma list, or 'all'"))
+    arch: str = field(metadata=_axis(
+        key="archs", kind="choices", default="all", choices=ARCHS, help="comma list, or 'all'"))
+    gate: str = field(metadata=_axis(
+        key="gates", kind="choices", default="all", choices=tuple(GATES),
+        help="comma list, or 'all'"))
+    seed: int = field(metadata=_axis(key="seeds", kind="seeds", default="0", help="e.g. 0,3,5-9"))
+    dtype: str = field(default="float32", metadata=_axis(
+        key="dtype", kind="choice", default="float32", choices=DTYPES,
+        help="float32 (default) or float64"))
+    init: str = field(default="normal", metadata=_axis(
+        key="init", kind="choice", default="normal", choices=INITS,
+        help="normal (default) or zeros"))
+    init_scale: float = field(default=1.0, metadata=_axis(
+        key="init_scale", kind="float", default=1.0, minimum=0,
+        help="multiplies normal draws (default 1)"))
+    lr: float = field(default=DEFAULT_LR, metadata=_axis(
+        key="lr", kind="float", default=DEFAULT_LR, minimum=0, above=True,
+        help=f"learning rate (default {DEFAULT_LR})"))
+    epochs: int | None = field(default=None, metadata=_axis(
+        key="epochs", kind="int", default=None, minimum=1,
+        help="default: %s" % ", ".join(f"{n} for {a}" for a, n in DEFAULT_EPOCHS.items())))
+    hidden: int | None = field(default=None, metadata=_axis(
+        key="hidden", kind="int", default=DEFAULT_HIDDEN, minimum=1,
+        help=f"hidden units of the multi arch (default {DEFAULT_HIDDEN})"))
+
+    def __post_init__(self):
+        if self.epochs is None and self.arch in DEFAULT_EPOCHS:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS[self.arch])
+        if self.arch == "single":
+            object.__setattr__(self, "hidden", None)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in CELL_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Cell":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: d[k] for k in CELL_FIELDS if k in d})
 
-    @property
-    def key(self) -> tuple:
-        """A total order over cells (None hidden sorts before any number)."""
-        return (self.backend, self.level, self.arch, self.gate, self.seed, self.dtype,
-                self.init, self.init_scale, self.lr, self.epochs,
-                -1 if self.hidden is None else self.hidden)
+
+CELL_FIELDS = tuple(f.name for f in dataclasses.fields(Cell))
+# (Cell field, its axis), in field order.
+AXES: tuple[tuple[str, Axis], ...] = tuple((f.name, f.metadata["axis"])
+                                           for f in dataclasses.fields(Cell))
 
 
 def init_params(cell: Cell) -> dict[str, np.ndarray]:

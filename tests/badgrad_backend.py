@@ -4,8 +4,7 @@ from backends import numpy_backend
 
 NAME = "badgrad"
 IMPORTS = ("numpy",)
-LEVELS = ("raw",)
-UNSUPPORTED: dict = {}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}
 
 
 def framework_version():
@@ -18,4 +17,7 @@ def loss_and_grad(spec):
 
 
 def train(spec):
-    return numpy_backend.train(spec)
+    return numpy_backend.train_raw(spec)
+
+
+TRAINERS = {"raw": train}

@@ -1,8 +1,6 @@
 """A test-only backend whose framework is not installed."""
 NAME = "ghost"
 IMPORTS = ("not_a_real_framework",)
-LEVELS = ("raw",)
-UNSUPPORTED: dict = {}
 
 
 def framework_version():
@@ -11,3 +9,8 @@ def framework_version():
 
 def train(spec):
     raise AssertionError("never called: the framework is missing")
+
+
+loss_and_grad = train
+TRAINERS = {"raw": train}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}

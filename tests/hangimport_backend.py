@@ -1,8 +1,6 @@
 """A test-only backend whose framework import never finishes."""
 NAME = "hangimport"
 IMPORTS = ("time", "tests.hang_on_import")
-LEVELS = ("raw",)
-UNSUPPORTED: dict = {}
 
 
 def framework_version():
@@ -11,3 +9,8 @@ def framework_version():
 
 def train(spec):
     raise AssertionError("never called: the import hangs")
+
+
+loss_and_grad = train
+TRAINERS = {"raw": train}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}

@@ -3,8 +3,6 @@
 as every backend module must."""
 NAME = "importcrash"
 IMPORTS = ("tests.segfault_on_import",)
-LEVELS = ("raw",)
-UNSUPPORTED: dict = {}
 
 
 def framework_version():
@@ -13,3 +11,8 @@ def framework_version():
 
 def train(spec):
     raise AssertionError("never called: the import kills the process")
+
+
+loss_and_grad = train
+TRAINERS = {"raw": train}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}

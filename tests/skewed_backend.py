@@ -6,8 +6,7 @@ from backends import numpy_backend
 
 NAME = "skewed"
 IMPORTS = ("numpy",)
-LEVELS = ("raw",)
-UNSUPPORTED: dict = {}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}
 SKEW = 1.001
 
 
@@ -16,4 +15,8 @@ def framework_version():
 
 
 def train(spec):
-    return numpy_backend.train(dataclasses.replace(spec, lr=spec.lr * SKEW))
+    return numpy_backend.train_raw(dataclasses.replace(spec, lr=spec.lr * SKEW))
+
+
+loss_and_grad = numpy_backend.loss_and_grad  # the gradient is right; the step is not
+TRAINERS = {"raw": train}

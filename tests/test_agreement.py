@@ -85,7 +85,7 @@ def test_float32_within_table(backend):
             cell = make_cell(backend, level, arch, gate, seed=seed, dtype="float32")
             rec = cached_run(cell)
             assert rec.status == "ok", rec.message
-            assert rec.agrees, (level, arch, gate, seed, rec.oracle_dev, rec.first_divergence)
+            assert rec.agrees, (level, arch, gate, seed, rec.oracle_dev, rec.first_departure)
 
 
 def test_loss_curve_has_its_own_bound():
@@ -99,7 +99,7 @@ def test_loss_curve_has_its_own_bound():
         moved = dataclasses.replace(rec, loss_curve=curve_moved)
         verdict = oracle.judge(moved)
         assert verdict.agrees is agrees
-        assert verdict.first_divergence == (None if agrees else 600)
+        assert verdict.first_departure == (None if agrees else 600)
     assert curve_deviation([1.0, 2.0, float("nan")], [1.0, 2.5, 3.0]) == float("inf")
     assert curve_deviation([0.1, 2.0], [0.3, 2.5]) == pytest.approx(0.2)
 

@@ -86,13 +86,13 @@ def test_learned_epoch_is_first_all_right():
 def test_band_is_sharp():
     tol = tolerance("float64", 3)
     ref = [5.0, 2.0, 0.1]
-    assert oracle.first_divergence(ref, ref, tol) is None
+    assert oracle.first_departure(ref, ref, tol) is None
     # Relative above 1, absolute below.
-    assert oracle.first_divergence([5.0, 2.0 + 1.9e-9, 0.1 + 0.9e-9], ref, tol) is None
-    assert oracle.first_divergence([5.0, 2.0 + 2.1e-9, 0.1], ref, tol) == 1
-    assert oracle.first_divergence([5.0, 2.0, 0.1 + 1.1e-9], ref, tol) == 2
-    assert oracle.first_divergence([None, 2.0, 0.1], ref, tol) == 0
-    assert oracle.first_divergence([5.0, float("nan"), 0.1], ref, tol) == 1
+    assert oracle.first_departure([5.0, 2.0 + 1.9e-9, 0.1 + 0.9e-9], ref, tol) is None
+    assert oracle.first_departure([5.0, 2.0 + 2.1e-9, 0.1], ref, tol) == 1
+    assert oracle.first_departure([5.0, 2.0, 0.1 + 1.1e-9], ref, tol) == 2
+    assert oracle.first_departure([None, 2.0, 0.1], ref, tol) == 0
+    assert oracle.first_departure([5.0, float("nan"), 0.1], ref, tol) == 1
 
 
 def test_records_not_ok_get_null_verdicts():
@@ -115,7 +115,7 @@ def test_no_false_alarm_at_float64(backend):
         for gate in GATES:
             rec = cached_run(make_cell(backend, level, arch, gate))
             assert rec.status == "ok", rec.message
-            assert rec.agrees and rec.first_divergence is None, (level, arch, gate, rec.oracle_dev)
+            assert rec.agrees and rec.first_departure is None, (level, arch, gate, rec.oracle_dev)
             assert rec.oracle_dev <= rec.tolerance == tolerance("float64", rec.epochs)
             assert (rec.learned_epoch is not None) == rec.learned
 
@@ -126,7 +126,7 @@ def test_no_false_alarm_at_float32(backend):
     require(backend)
     for level, arch in _supported(backend):
         rec = cached_run(make_cell(backend, level, arch, "xor", seed=3, dtype="float32"))
-        assert rec.agrees, (level, arch, rec.oracle_dev, rec.tolerance, rec.first_divergence)
+        assert rec.agrees, (level, arch, rec.oracle_dev, rec.tolerance, rec.first_departure)
 
 
 @pytest.fixture
@@ -137,12 +137,12 @@ def skewed(monkeypatch):
 
 @pytest.mark.parametrize("arch,gate", [("single", "nand"), ("single", "xor"), ("multi", "xor"),
                                        ("single", "not")])
-def test_skewed_lr_is_caught_with_first_divergence(skewed, arch, gate):
+def test_skewed_lr_is_caught_with_first_departure(skewed, arch, gate):
     rec = run_cell(make_cell(skewed, "raw", arch, gate, seed=4))
     assert rec.status == "ok" and rec.agrees is False
     assert rec.oracle_dev > rec.tolerance
     # Loss before update 0 is the same (same start); the first skewed update shows at epoch 1.
-    assert rec.first_divergence == 1
+    assert rec.first_departure == 1
     assert rec.learned_epoch is None
 
 

@@ -74,7 +74,7 @@ def test_report_command_rewrites_and_judges_old_records(run, tmp_path):
     # Records from before verdicts existed: the report judges them itself.
     lines = [json.loads(line) for line in (old / "results.jsonl").read_text().splitlines()]
     for d in lines:
-        for key in ("oracle_dev", "tolerance", "agrees", "first_divergence", "learned_epoch"):
+        for key in ("oracle_dev", "tolerance", "agrees", "first_departure", "learned_epoch"):
             d.pop(key, None)
     (old / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
     r = harness("report", str(old))
@@ -148,7 +148,7 @@ def test_diff_compares_status_and_verdict():
     tilted = dataclasses.replace(rec, loss_curve=[rec.loss_curve[0], *[v * 1.01 for v in
                                                                         rec.loss_curve[1:]]])
     why = compare_records(rec, judge(tilted))
-    assert why == ["agrees True -> False", "first_divergence None -> 1"]
+    assert why == ["agrees True -> False", "first_departure None -> 1"]
 
 
 def test_report_modules_import_no_framework():

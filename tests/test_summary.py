@@ -28,6 +28,6 @@ def test_findings_name_a_known_departure():
     cell = Cell(backend="mxnet", level="module", arch="single", gate="and", seed=0,
                 dtype="float64", init="zeros")
     r = Record.for_cell(cell, "ok", agrees=False, oracle_dev=1e-3, tolerance=1e-9,
-                        first_divergence=1)
+                        first_departure=1)
     (f,) = [f for f in findings([r], conv=[], levels=[]) if f.kind == "disagrees with the oracle"]
     assert "known: Gluon's SigmoidBinaryCrossEntropyLoss" in f.detail

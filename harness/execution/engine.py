@@ -1,7 +1,8 @@
-"""Worker processes: where cells run and frameworks are probed.
+"""The parent side of the process boundary: worker processes, where cells
+run and frameworks are probed.
 
-* Every cell runs in a worker process (``python -m harness.worker BACKEND``,
-  see harness/worker.py), never in the harness's own process, and every
+* Every cell runs in a worker process (harness/execution/worker.py), never
+  in the harness's own process, and every
   availability probe runs in a child process: a framework that segfaults,
   aborts, hangs or runs out of memory costs only the cell it was running,
   and the run carries on.
@@ -16,8 +17,11 @@
   framework is loaded, nothing is pickled, a dead worker is simply a pipe at
   EOF plus an exit status, and its stderr sits in a file whose lines go
   into the cell's record.
+* Workers start in isolated mode (``python -I``) with an explicit import
+  path: the harness's root and the entries of PYTHONPATH, never the current
+  directory, so a ``numpy.py`` where ``harness run`` starts is not imported.
 * Scheduling never changes a number: a cell is a pure function of its Cell
-  (runner.run_cell), and workers run math libraries single-threaded (unless
+  (child.run_cell), and workers run math libraries single-threaded (unless
   the environment says otherwise) whatever ``--jobs`` is, so N workers use
   N cores and no cell depends on N.
 """
@@ -37,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.records import Record, Status
 from harness.registry import Availability
-from harness.results import Record
 from harness.tasks import Cell
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # A framework import that takes longer than this is reported as hung.
 IMPORT_TIMEOUT = 120.0
 # Intra-op thread pools only add overhead on 4-row truth tables.
@@ -57,9 +61,20 @@ def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     for key, value in THREAD_VARS.items():
         env.setdefault(key, value)
-    # Workers import the same harness as this process, wherever it came from.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def worker_command(backend: str) -> list[str]:
+    """The worker's command line: isolated mode, so neither the current
+    directory nor PYTHON* variables shape its imports; the import path is
+    this harness's root (workers import the same harness as this process,
+    wherever it came from), then PYTHONPATH's entries made absolute (an
+    empty entry, which means the current directory, is dropped)."""
+    extra = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = list(dict.fromkeys([str(ROOT), *extra]))
+    boot = (f"import sys; sys.path[:0] = {paths!r}; "
+            "from harness.execution.worker import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-I", "-c", boot, backend]
 
 
 def exit_cause(returncode: int) -> str:
@@ -117,7 +132,7 @@ class Worker:
     def __init__(self, backend: str):
         self.backend = backend
         self.err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker", backend],
+        self.proc = subprocess.Popen(worker_command(backend),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, env=worker_env())
         self.fd = self.proc.stdout.fileno()
@@ -139,15 +154,18 @@ class Worker:
         self.task = task
         if self.ready:
             self.deadline = deadline
+        self.send({"cell": task.cell.to_dict()})
+
+    def send(self, request: dict) -> None:
         self.err_start = os.fstat(self.err.fileno()).st_size
         try:
-            self.proc.stdin.write((json.dumps(task.cell.to_dict()) + "\n").encode())
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # it died; EOF on its stdout reports it
 
     def read(self) -> list[dict] | None:
-        """Records received so far (the hello is kept aside), or None at EOF."""
+        """Answers received so far (the hello is kept aside), or None at EOF."""
         data = os.read(self.fd, 1 << 16)
         if not data:
             return None
@@ -156,7 +174,7 @@ class Worker:
         for msg in messages:
             if "state" in msg:
                 self.hello, self.deadline = msg, None
-        return [msg["record"] for msg in messages if "record" in msg]
+        return [msg for msg in messages if "state" not in msg]
 
     def death(self) -> str:
         """Why this worker's process ended, in words (after EOF)."""
@@ -237,6 +255,42 @@ def probe(names, timeout: float = IMPORT_TIMEOUT) -> dict[str, Availability]:
     for w in workers:
         _let_exit(w, 10)
     return avail
+
+
+def ask(workers: list[Worker], request: dict, timeout: float | None = None
+        ) -> dict[str, dict | str]:
+    """Send one request to each ready worker and wait for the answers:
+    {backend: answer, or why its worker died}.  Every worker has ended when
+    this returns."""
+    out: dict[str, dict | str] = {}
+    try:
+        for w in workers:
+            w.send(request)
+        waiting = list(workers)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([w.fd for w in waiting], [], [], left)
+            if not readable:
+                for w in waiting:
+                    out[w.backend] = f"no answer within {timeout:g} s; worker killed"
+                break
+            for w in [w for w in waiting if w.fd in readable]:
+                answers = w.read()
+                if answers is None:
+                    out[w.backend] = f"{w.death()} ({crash_site(w.stderr_lines())})"
+                    waiting.remove(w)
+                elif answers:
+                    out[w.backend] = answers[0]
+                    waiting.remove(w)
+                    w.close()
+    finally:
+        for w in workers:
+            if isinstance(out.get(w.backend), dict):
+                _let_exit(w, 10)  # answered: it exits on its own
+            else:
+                w.kill()
+    return out
 
 
 def _let_exit(w: Worker, seconds: float) -> None:
@@ -356,29 +410,29 @@ class Engine:
         now = time.monotonic()
         for w in [w for w in self.workers if w.deadline is not None and now >= w.deadline]:
             if w.ready:
-                self._lose(w, "timeout", f"killed after {self.timeout:g} s (--timeout)")
+                self._lose(w, Status.TIMEOUT, f"killed after {self.timeout:g} s (--timeout)")
             else:
-                self._lose(w, "error", f"importing {w.backend} did not finish within "
+                self._lose(w, Status.ERROR, f"importing {w.backend} did not finish within "
                                        f"{IMPORT_TIMEOUT:g} s; worker killed")
 
     def _receive(self, w: Worker) -> None:
         was_ready = w.ready
         records = w.read()
         if records is None:
-            self._lose(w, "error", w.death())
+            self._lose(w, Status.ERROR, w.death())
             return
         if w.ready and not was_ready:
             self.timing[w.backend].import_seconds += w.hello["import_seconds"]
             w.deadline = self._deadline()  # its task's clock starts now
-        for data in records:
-            task, record = w.task, Record.from_dict(data)
+        for msg in records:
+            task, record = w.task, Record.from_dict(msg["record"])
             w.task, w.deadline = None, None
             timing = self.timing[w.backend]
             timing.cells += 1
             timing.train_seconds += record.seconds or 0.0
             self.on_result(task, record)
 
-    def _lose(self, w: Worker, status: str, message: str) -> None:
+    def _lose(self, w: Worker, status: Status, message: str) -> None:
         """End worker w; its current task, if any, gets this status."""
         if w.proc.poll() is None:
             w.proc.kill()
@@ -387,7 +441,7 @@ class Engine:
         w.kill()
         self.workers.remove(w)
         if w.task is not None:
-            died = status == "error" and w.proc.returncode != 0
+            died = status == Status.ERROR and w.proc.returncode != 0
             site = crash_site(lines) if died else ""
             record = Record.for_cell(w.task.cell, status, message + (f" ({site})" if site else ""),
                                      backend_version=self.versions.get(w.backend),

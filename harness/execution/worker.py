@@ -1,10 +1,13 @@
-"""The child side of the engine: ``python -m harness.worker BACKEND``.
+"""A worker process: ``python -I -m harness.execution.worker BACKEND``.
 
 Protocol: one JSON object per line.  The worker imports its backend's
 framework (once) and writes ``{"state", "version", "detail",
 "import_seconds"}`` (the probe's answer); it exits there unless the state is
-``ok``.  Then it reads cells (``Cell.to_dict()``) from stdin, one per line,
-and answers each with ``{"record": Record.to_dict()}`` until stdin closes.  Floats travel as
+``ok``.  Then it reads requests from stdin, one per line, until stdin
+closes: ``{"cell": Cell.to_dict()}`` is answered with ``{"record":
+Record.to_dict()}`` (harness.execution.child.run_cell), ``{"gradcheck":
+{seed, gate, dtype, hidden}}`` with ``{"gradcheck": [...]}``
+(child.gradients).  Floats travel as
 Python's JSON (NaN allowed), which round-trips every float64 exactly; the
 results writer makes them strict.
 
@@ -39,19 +42,22 @@ def main(argv: list[str]) -> int:
 
     name = argv[0]
 
-    from harness import registry
-    from harness.runner import run_cell
+    from harness.execution.child import gradients, import_framework, run_cell
     from harness.tasks import Cell
 
     t0 = time.perf_counter()
-    avail = registry.probe(name)
+    avail = import_framework(name)
     send({"state": avail.state, "version": avail.version, "detail": avail.detail,
           "import_seconds": time.perf_counter() - t0})
     if not avail.ok:
         return 0
     for line in sys.stdin:
-        record = run_cell(Cell.from_dict(json.loads(line)), avail.version)
-        send({"record": record.to_dict()})
+        request = json.loads(line)
+        if "cell" in request:
+            record = run_cell(Cell.from_dict(request["cell"]), avail.version)
+            send({"record": record.to_dict()})
+        else:
+            send({"gradcheck": gradients(name, request["gradcheck"])})
     return 0
 
 

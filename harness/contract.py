@@ -1,0 +1,181 @@
+"""The backend contract: what a backend module declares, checked once.
+
+A backend is a module (``backends/<name>_backend.py``, or any module named
+in ``HARNESS_EXTRA_BACKENDS``) that imports its framework only inside its
+functions, so that reading its declarations is cheap and safe.  Members:
+
+Required
+  ``NAME``                 str, equal to the name it is registered under.
+  ``IMPORTS``              tuple of module names: importing them is what
+                           "the framework is available" means.
+  ``TRAINERS``             {level: trainer}: each level it implements (a
+                           level of ``harness.tasks.LEVELS``) and the
+                           function that trains it, ``trainer(spec:
+                           TrainSpec) -> TrainResult``.  The backend's levels
+                           are derived from this table, never declared twice.
+  ``UNSUPPORTED``          {level: reason} for levels it lacks; disjoint from
+                           TRAINERS.  The perceptron levels, the numpy
+                           reference's own algorithms, need no entry.
+  ``framework_version()``  -> str, called where the framework is imported.
+Required exactly when ``raw`` is in TRAINERS
+  ``loss_and_grad(spec)``  -> (loss, {name: gradient}): the raw level's
+                           written-out loss and its autodiff gradient at
+                           ``spec.params`` (canonical layout), for
+                           ``harness gradcheck``.
+Optional
+  ``ARCH_LIMITS``          {level: (archs, reason)}: a level it implements
+                           for some archs only.
+  ``known_departure(cell)`` -> str | None: why a cell leaves the reference
+                           through a framework behaviour no adapter can
+                           change without rewriting the framework's own
+                           function (MXNet).  The verdict still says
+                           ``agrees: false``; findings quote the reason.
+
+A name close to a member's (a misspelt ``UNSUPORTED``, which would
+otherwise be silently ignored) is refused, and so is ``LEVELS``, which is
+derived.  ``load`` checks every rule and returns a
+``Backend``; a broken rule raises ``ContractError`` with one line naming
+the backend and the rule.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from types import MappingProxyType, ModuleType
+from typing import Any, Callable, Mapping
+
+from harness.tasks import ARCHS, LEVELS, PERCEPTRON_LEVELS, TrainResult, TrainSpec
+
+REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
+OPTIONAL = ("ARCH_LIMITS", "loss_and_grad", "known_departure")
+CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS")
+
+
+class ContractError(ValueError):
+    """A backend module that breaks the contract; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend module's declarations, validated (``load``)."""
+
+    name: str
+    module: str
+    imports: tuple[str, ...]
+    trainers: Mapping[str, Callable[[TrainSpec], TrainResult]]
+    # Every level of LEVELS it lacks, with the reason.
+    unsupported: Mapping[str, str]
+    arch_limits: Mapping[str, tuple[tuple[str, ...], str]]
+    framework_version: Callable[[], str]
+    loss_and_grad: Callable[[TrainSpec], tuple[float, dict]] | None
+    known_departure: Callable[[Any], str | None] | None
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The levels it implements, in LEVELS order."""
+        return tuple(lv for lv in LEVELS if lv in self.trainers)
+
+    def gap(self, level: str, arch: str) -> str | None:
+        """Why it cannot run (level, arch), or None when it can."""
+        if level not in self.trainers:
+            return self.unsupported[level]
+        limit = self.arch_limits.get(level)
+        if limit and arch not in limit[0]:
+            return limit[1]
+        return None
+
+    def train(self, spec: TrainSpec) -> TrainResult:
+        result = self.trainers[spec.level](spec)
+        if not isinstance(result, TrainResult):
+            raise TypeError(f"the {self.name} trainer of level {spec.level!r} returned "
+                            f"{type(result).__name__}, not a TrainResult")
+        return result
+
+
+def shared_reason(name: str, level: str) -> str | None:
+    """The reason every framework but numpy gives for a level, if any."""
+    if level in PERCEPTRON_LEVELS:
+        return (f"the perceptron levels are the numpy reference's hand-written algorithms; "
+                f"{name} has no perceptron")
+    return None
+
+
+def load(name: str, path: str) -> Backend:
+    """Import backend module ``path`` registered as ``name`` and check it."""
+    try:
+        mod = importlib.import_module(path)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a broken backend module
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise ContractError(f"backend {name!r}: module {path!r} cannot be imported ({detail}); "
+                            "a backend module must import cleanly without its framework.") from None
+    return check(name, mod)
+
+
+def check(name: str, mod: ModuleType) -> Backend:
+    """The Backend a module declares, or ContractError naming the broken rule."""
+    def broken(rule: str):
+        return ContractError(f"backend {name!r} ({mod.__name__}) breaks the contract: {rule} "
+                             "(harness/contract.py).")
+
+    for member in REQUIRED:
+        if not hasattr(mod, member):
+            raise broken(f"it has no {member}")
+    if hasattr(mod, "LEVELS"):
+        raise broken("LEVELS is derived from TRAINERS and must not be declared")
+    for k in vars(mod):
+        close = difflib.get_close_matches(k, CONSTANTS, n=1, cutoff=0.8)
+        if k.isupper() and k not in CONSTANTS and close:
+            raise broken(f"{k} is not a contract member; did you mean {close[0]}?")
+    if mod.NAME != name:
+        raise broken(f"NAME is {mod.NAME!r}, not the name it is registered under")
+    if (not isinstance(mod.IMPORTS, tuple) or not mod.IMPORTS
+            or not all(isinstance(m, str) and m for m in mod.IMPORTS)):
+        raise broken("IMPORTS must be a non-empty tuple of module names")
+    trainers, unsupported = mod.TRAINERS, mod.UNSUPPORTED
+    if not isinstance(trainers, dict) or not trainers:
+        raise broken("TRAINERS must be a non-empty dict from level to trainer")
+    if not isinstance(unsupported, dict):
+        raise broken("UNSUPPORTED must be a dict from level to reason")
+    for level, trainer in trainers.items():
+        if level not in LEVELS:
+            raise broken(f"TRAINERS has level {level!r}; levels are {', '.join(LEVELS)}")
+        if not callable(trainer):
+            raise broken(f"the trainer of level {level!r} is not callable")
+    for level, reason in unsupported.items():
+        if level not in LEVELS:
+            raise broken(f"UNSUPPORTED has level {level!r}; levels are {', '.join(LEVELS)}")
+        if level in trainers:
+            raise broken(f"level {level!r} is both in TRAINERS and in UNSUPPORTED")
+        if not isinstance(reason, str) or not reason.strip():
+            raise broken(f"UNSUPPORTED[{level!r}] must be a sentence saying why")
+    gaps = {}
+    for level in LEVELS:
+        if level not in trainers:
+            reason = unsupported.get(level) or shared_reason(name, level)
+            if reason is None:
+                raise broken(f"level {level!r} is neither in TRAINERS nor in UNSUPPORTED")
+            gaps[level] = reason
+    limits = getattr(mod, "ARCH_LIMITS", {})
+    if not isinstance(limits, dict):
+        raise broken("ARCH_LIMITS must be a dict from level to (archs, reason)")
+    for level, limit in limits.items():
+        if level not in trainers:
+            raise broken(f"ARCH_LIMITS names level {level!r}, which it does not train")
+        if (not isinstance(limit, tuple) or len(limit) != 2 or not isinstance(limit[1], str)
+                or not isinstance(limit[0], tuple) or not set(limit[0]) <= set(ARCHS)):
+            raise broken(f"ARCH_LIMITS[{level!r}] must be (a tuple of archs, a reason)")
+    for member in ("framework_version", "loss_and_grad", "known_departure"):
+        if hasattr(mod, member) and not callable(getattr(mod, member)):
+            raise broken(f"{member} is not callable")
+    has_grad = hasattr(mod, "loss_and_grad")
+    if ("raw" in trainers) != has_grad:
+        raise broken("loss_and_grad must be defined exactly when level 'raw' is in TRAINERS"
+                     f" (raw {'is' if 'raw' in trainers else 'is not'}, loss_and_grad "
+                     f"{'is' if has_grad else 'is not'})")
+    return Backend(
+        name=name, module=mod.__name__, imports=tuple(mod.IMPORTS),
+        trainers=MappingProxyType(dict(trainers)), unsupported=MappingProxyType(gaps),
+        arch_limits=MappingProxyType(dict(limits)), framework_version=mod.framework_version,
+        loss_and_grad=getattr(mod, "loss_and_grad", None),
+        known_departure=getattr(mod, "known_departure", None))

@@ -1,0 +1,145 @@
+"""The child side of the process boundary: one cell -> one judged Record.
+
+Everything here runs inside a worker process (``harness.execution.worker``),
+never in ``harness run`` itself: importing a framework, training a cell,
+judging it against the oracle, and computing the raw level's loss and
+gradient for ``harness gradcheck``.  ``run_cell`` is a pure function of its
+Cell (no state survives between cells), so where or in which order a cell
+runs never changes its record.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import time
+import traceback
+
+import numpy as np
+
+from harness import registry
+from harness.oracle import judge
+from harness.records import Record, Status
+from harness.registry import Availability
+from harness.tasks import Cell, TrainResult, TrainSpec, init_params
+
+
+def import_framework(name: str) -> Availability:
+    """Import the backend's framework in this process and say whether it is usable.
+
+    ``missing``: the framework is not installed (ModuleNotFoundError);
+    ``broken``: importing it raised anything else, reported with its type.
+    """
+    spec = registry.backend(name)
+    try:
+        for module in spec.imports:
+            importlib.import_module(module)
+        return Availability(name, "ok", spec.framework_version())
+    except ModuleNotFoundError as exc:
+        return Availability(name, "missing", None, f"{exc.name or exc} is not installed")
+    except BaseException as exc:  # noqa: BLE001 - a broken framework may raise anything
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return Availability(name, "broken", None, f"import failed: {detail}")
+
+
+def _lists(params: dict[str, np.ndarray]) -> dict[str, list]:
+    return {k: np.asarray(v, dtype=np.float64).tolist() for k, v in params.items()}
+
+
+def _check_start(cell: Cell, expected: dict[str, np.ndarray], got: dict[str, np.ndarray]):
+    """The backend must have loaded exactly the harness's parameters."""
+    if list(got) != list(expected):
+        raise AssertionError(f"backend returned parameters {list(got)}, expected {list(expected)}")
+    for name, want in expected.items():
+        have = np.asarray(got[name])
+        if have.shape != want.shape or have.dtype != want.dtype or not np.array_equal(have, want):
+            raise AssertionError(
+                f"parameter {name} read back from {cell.backend} after loading is not the "
+                f"harness's initial value (shape {have.shape} {have.dtype}, expected "
+                f"{want.shape} {want.dtype})")
+
+
+def divergence(result: TrainResult, epochs: int) -> tuple[int, str] | None:
+    """(epoch, message) where the loss or parameters first became NaN or
+    infinite, or None.  Only the loss is recorded per epoch; parameters are
+    checked at the end."""
+    for t, loss in enumerate(result.loss_curve):
+        if not math.isfinite(loss):
+            return t, f"diverged: loss is {loss} at epoch {t} (after {t} updates)"
+    if not math.isfinite(result.loss_final):
+        return epochs, f"diverged: final loss is {result.loss_final}"
+    for name, value in result.params_final.items():
+        if not np.all(np.isfinite(value)):
+            return epochs, f"diverged: final parameter {name} is not finite"
+    return None
+
+
+def record_from_result(cell: Cell, version: str | None, result: TrainResult,
+                       seconds: float) -> Record:
+    """The (unjudged) record of a trained cell."""
+    y = np.array(TrainSpec.from_cell(cell).y).reshape(-1)
+    probs = np.asarray(result.probs, dtype=np.float64).reshape(-1)
+    preds = (probs > 0.5).astype(int)
+    correct = preds == y
+    status, message, epoch = Status.OK, "", None
+    diverged = divergence(result, cell.epochs)
+    if diverged:
+        status = Status.DIVERGED
+        epoch, message = diverged
+    return Record.for_cell(
+        cell, status, message, backend_version=version, diverged_epoch=epoch,
+        params_init=_lists(result.params_start), params_final=_lists(result.params_final),
+        probs=probs.tolist(), preds=preds.tolist(), accuracy=float(correct.mean()),
+        learned=bool(correct.all()), loss_final=float(result.loss_final),
+        loss_curve=[float(v) for v in result.loss_curve], seconds=seconds,
+        info=dict(result.info))
+
+
+def unsupported(cell: Cell, version: str | None = None) -> Record | None:
+    """The `unsupported` record of a cell its backend cannot run, else None."""
+    reason = registry.backend(cell.backend).gap(cell.level, cell.arch)
+    return (Record.for_cell(cell, Status.UNSUPPORTED, reason, backend_version=version)
+            if reason else None)
+
+
+def run_cell(cell: Cell, version: str | None = None) -> Record:
+    """Train one cell in this process.  Never raises for a backend failure:
+    the failure becomes an ``error`` record with the exception."""
+    gap = unsupported(cell, version)
+    if gap:
+        return gap
+    backend = registry.backend(cell.backend)
+    spec = TrainSpec.from_cell(cell)
+    expected = init_params(cell)
+    try:
+        t0 = time.perf_counter()
+        result = backend.train(spec)
+        seconds = time.perf_counter() - t0
+        _check_start(cell, expected, result.params_start)
+        if len(result.loss_curve) != cell.epochs:
+            raise AssertionError(f"loss_curve has {len(result.loss_curve)} entries, "
+                                 f"expected one per epoch ({cell.epochs})")
+    except Exception as exc:  # noqa: BLE001 - any backend failure is a finding, not a crash
+        tb = traceback.format_exc(limit=-3).strip().splitlines()
+        return Record.for_cell(cell, Status.ERROR, f"{type(exc).__name__}: {exc}",
+                               backend_version=version, info={"traceback": tb[-6:]})
+    return judge(record_from_result(cell, version, result, seconds))
+
+
+def gradients(name: str, request: dict) -> list[dict]:
+    """The raw level's loss and autodiff gradient at each of the points
+    ``harness.gradcheck.points(**request)``, as plain data for the parent,
+    which judges them: ``{"loss", "grad"}`` or ``{"error"}`` per point."""
+    from harness.gradcheck import points
+
+    fn = registry.backend(name).loss_and_grad
+    out = []
+    for spec in (p.spec for p in points(**request)):
+        try:
+            loss, grad = fn(spec)
+            out.append({"loss": float(loss),
+                        "grad": {k: np.asarray(v, np.float64).tolist() for k, v in grad.items()}})
+        except Exception as exc:  # noqa: BLE001 - a failing backend is a row, not a crash
+            out.append({"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]})
+    return out
