@@ -25,7 +25,7 @@ import numpy as np
 
 from harness import oracle, registry
 from harness.compare import FINITE_DIFFERENCE_TOLERANCE, relative_deviation, tolerance
-from harness.tasks import ARCHS, DEFAULT_LR, Cell, TrainSpec, init_params, truth_table
+from harness.tasks import ARCHS, Cell, TrainSpec
 
 NOTEBOOK_LOSS = 0.4740769841801066
 # Printed to 8 decimals, so known to within half a unit of the last one.
@@ -40,16 +40,15 @@ class Point:
 
 
 def points(seed: int = 0, gate: str = "xor", dtype: str = "float64", hidden: int = 2) -> list[Point]:
+    """The notebook's point (one row, not a truth table), then each arch's
+    initial parameters on the gate's truth table."""
+    notebook = Cell("gradcheck", "raw", "single", "and", 0, dtype, epochs=1)
     out = [Point("notebook", TrainSpec(
-        level="raw", arch="single", gate="and", dtype=dtype, lr=DEFAULT_LR, epochs=1, hidden=None,
-        x=np.array([[1.0, 1.0]], dtype=dtype), y=np.array([[1.0]], dtype=dtype),
+        notebook, x=np.array([[1.0, 1.0]], dtype=dtype), y=np.array([[1.0]], dtype=dtype),
         params={"W": np.array([[1.0], [1.0]], dtype=dtype), "b": np.array([-1.5], dtype=dtype)}))]
     for arch in ARCHS:
         cell = Cell("gradcheck", "raw", arch, gate, seed, dtype, epochs=1, hidden=hidden)
-        x, y = truth_table(gate, dtype)
-        out.append(Point(f"{arch} {gate} seed {seed}", TrainSpec(
-            level="raw", arch=arch, gate=gate, dtype=dtype, lr=DEFAULT_LR, epochs=1,
-            hidden=cell.hidden, x=x, y=y, params=init_params(cell))))
+        out.append(Point(f"{arch} {gate} seed {seed}", TrainSpec.from_cell(cell)))
     return out
 
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.tasks import CELL_FIELDS, Cell
+from harness.tasks import CELL_FIELDS, Cell, reads_cell_fields
 
 # 1: the original fields (verdict fields, diverged_epoch and repeat_mismatch
 #    were added later without a bump, so a schema-1 record may lack them).
@@ -55,9 +55,11 @@ FAILED = frozenset({Status.ERROR, Status.TIMEOUT})
 NOT_RUN = frozenset({Status.UNSUPPORTED, Status.SKIPPED})
 
 
+@reads_cell_fields
 @dataclass(frozen=True)
 class Record:
-    """Everything one cell produced.  Parameters are canonical nested lists."""
+    """Everything one cell produced (``record.seed`` is ``record.cell.seed``).
+    Parameters are canonical nested lists."""
 
     cell: Cell
     status: Status
@@ -113,10 +115,6 @@ class Record:
     def for_cell(cls, cell: Cell, status: Status | str, message: str = "", **fields) -> "Record":
         return cls(cell, Status(status), message, **fields)
 
-
-# Cell fields read through the record: record.seed is record.cell.seed.
-for _name in CELL_FIELDS:
-    setattr(Record, _name, property(lambda self, _n=_name: getattr(self.cell, _n)))
 
 OWN_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "cell")
 # The flat field names of a record on disk, in order.

@@ -175,6 +175,14 @@ class Cell:
 
 
 CELL_FIELDS = tuple(f.name for f in dataclasses.fields(Cell))
+
+
+def reads_cell_fields(cls):
+    """Class decorator: ``obj.seed`` reads ``obj.cell.seed`` for every Cell
+    field, so a class that holds a Cell never re-declares its fields."""
+    for name in CELL_FIELDS:
+        setattr(cls, name, property(lambda self, _n=name: getattr(self.cell, _n)))
+    return cls
 # (Cell field, its axis), in field order.
 AXES: tuple[tuple[str, Axis], ...] = tuple((f.name, f.metadata["axis"])
                                            for f in dataclasses.fields(Cell))
@@ -194,20 +202,16 @@ def init_params(cell: Cell) -> dict[str, np.ndarray]:
     return params
 
 
+@reads_cell_fields
 @dataclass(frozen=True)
 class TrainSpec:
-    """What a backend receives: the cell's math, with data and parameters ready.
+    """What a backend receives: its cell (``spec.lr`` is ``spec.cell.lr``),
+    with data and parameters ready.
 
     Arrays are numpy arrays in the cell's dtype; ``params`` is canonical.
     """
 
-    level: str
-    arch: str
-    gate: str
-    dtype: str
-    lr: float
-    epochs: int
-    hidden: int | None
+    cell: Cell
     x: np.ndarray
     y: np.ndarray
     params: dict[str, np.ndarray]
@@ -215,9 +219,7 @@ class TrainSpec:
     @classmethod
     def from_cell(cls, cell: Cell) -> "TrainSpec":
         x, y = truth_table(cell.gate, cell.dtype)
-        return cls(level=cell.level, arch=cell.arch, gate=cell.gate, dtype=cell.dtype,
-                   lr=cell.lr, epochs=cell.epochs, hidden=cell.hidden, x=x, y=y,
-                   params=init_params(cell))
+        return cls(cell, x, y, init_params(cell))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@ import functools
 
 import pytest
 
-from harness import engine, registry
-from harness.runner import run_cell
-from harness.tasks import DEFAULT_EPOCHS, Cell
+from harness import registry
+from harness.execution import engine
+from harness.execution.child import run_cell
+from harness.tasks import ARCHS, DEFAULT_EPOCHS, Cell
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,8 +29,15 @@ def require(name: str) -> registry.Availability:
 
 def make_cell(backend, level, arch, gate, seed=0, dtype="float64", **kw) -> Cell:
     kw.setdefault("epochs", DEFAULT_EPOCHS[arch])
-    kw.setdefault("hidden", 2 if arch == "multi" else None)
+    kw.setdefault("hidden", 2)
     return Cell(backend=backend, level=level, arch=arch, gate=gate, seed=seed, dtype=dtype, **kw)
+
+
+def applicable(backend: str, levels=None) -> list[tuple[str, str]]:
+    """The (level, arch) pairs a backend declares it can run (of ``levels``)."""
+    spec = registry.backend(backend)
+    return [(level, arch) for level in spec.levels for arch in ARCHS
+            if (levels is None or level in levels) and spec.gap(level, arch) is None]
 
 
 @functools.lru_cache(maxsize=None)

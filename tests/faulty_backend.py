@@ -6,6 +6,7 @@ other cell is trained by the numpy reference, so its numbers are real.
 * ``nand``: hangs (for --timeout and Ctrl-C); writes its pid to
   $FAULTY_PIDFILE first, so a test can check the worker was ended.
 * ``nor``: not deterministic: noise from os.urandom on the final weights.
+* ``loss_and_grad`` (harness gradcheck) segfaults at points of gate ``xnor``.
 
 $FAULTY_SLEEP (seconds) makes every cell that long, for kill -9 tests.
 Registered through HARNESS_EXTRA_BACKENDS=faulty=tests.faulty_backend.
@@ -24,7 +25,6 @@ NAME = "faulty"
 IMPORTS = ("numpy",)
 UNSUPPORTED: dict = {}
 ARCH_LIMITS = numpy_backend.ARCH_LIMITS
-loss_and_grad = numpy_backend.loss_and_grad
 
 
 def framework_version():
@@ -34,7 +34,8 @@ def framework_version():
 def train(spec):
     time.sleep(float(os.environ.get("FAULTY_SLEEP", 0)))
     if spec.gate in ("xor", "xnor"):
-        numpy_backend.TRAINERS[spec.level](dataclasses.replace(spec, epochs=spec.epochs // 2))
+        half = dataclasses.replace(spec.cell, epochs=spec.epochs // 2)
+        numpy_backend.TRAINERS[spec.level](dataclasses.replace(spec, cell=half))
         print(f"faulty: failing on purpose at epoch {spec.epochs // 2}", file=sys.stderr, flush=True)
         if spec.gate == "xor":
             ctypes.string_at(0)
@@ -53,3 +54,9 @@ def train(spec):
 
 
 TRAINERS = dict.fromkeys(numpy_backend.TRAINERS, train)
+
+
+def loss_and_grad(spec):
+    if spec.gate == "xnor":
+        ctypes.string_at(0)
+    return numpy_backend.loss_and_grad(spec)

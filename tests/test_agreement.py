@@ -23,7 +23,7 @@ from harness import oracle, registry
 from harness.compare import curve_deviation, loss_tolerance, relative_deviation, tolerance
 from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS
 
-from conftest import cached_run, make_cell, require
+from conftest import applicable, cached_run, make_cell, require
 
 # (seed, init, multi-layer gates)
 VARIANTS = {
@@ -44,16 +44,13 @@ def test_known_departures_are_exactly_gluons_loss_at_zero():
 
 
 def supported(backend, levels):
-    for level in levels:
-        for arch in ARCHS:
-            if registry.gap(backend, level, arch) is None:
-                yield level, arch
+    return applicable(backend, levels)
 
 
 def assert_matches_reference(rec, ref):
     assert rec.status == "ok", rec.message
     dev = relative_deviation(rec.params_final, ref.params_final)
-    assert dev <= tolerance("float64", rec.epochs), (rec.cell.key, dev)
+    assert dev <= tolerance("float64", rec.epochs), (rec.cell, dev)
     np.testing.assert_allclose(rec.probs, ref.probs, rtol=0, atol=1e-9)
 
 
@@ -79,7 +76,7 @@ def test_float32_within_table(backend):
     # `and`: the oracle's verdict (parameters and loss curve, float64 from the
     # cell's float32 start) within FLOAT32_TOLERANCES.
     require(backend)
-    for level, arch in supported(backend, registry.backend_module(backend).LEVELS):
+    for level, arch in applicable(backend):
         cases = [("xor", 3)] + ([("xor", 0)] if arch == "multi" else [("and", 0)])
         for gate, seed in cases:
             cell = make_cell(backend, level, arch, gate, seed=seed, dtype="float32")

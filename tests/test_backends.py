@@ -4,10 +4,10 @@ import pytest
 
 from harness import registry
 from harness.compare import relative_deviation, tolerance
-from harness.runner import run_cell
+from harness.execution.child import run_cell
 from harness.tasks import TrainSpec
 
-from conftest import cached_run, make_cell, require
+from conftest import applicable, cached_run, make_cell, require
 
 
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
@@ -15,13 +15,13 @@ def test_a_float64_cell_leaves_nothing_behind(backend):
     # Same float32 cell before and after float64 cells of every level, in one
     # process: bit-identical, so no default dtype or other setting leaked.
     require(backend)
-    mod = registry.backend_module(backend)
-    levels = [lv for lv in mod.LEVELS if registry.gap(backend, lv, "single") is None]
+    spec = registry.backend(backend)
+    levels = [lv for lv, arch in applicable(backend) if arch == "single"]
     cell32 = make_cell(backend, levels[-1], "single", "or", seed=6, dtype="float32", epochs=20)
-    before = mod.train(TrainSpec.from_cell(cell32))
+    before = spec.train(TrainSpec.from_cell(cell32))
     for level in levels:
-        mod.train(TrainSpec.from_cell(make_cell(backend, level, "single", "or", seed=6, epochs=5)))
-    after = mod.train(TrainSpec.from_cell(cell32))
+        spec.train(TrainSpec.from_cell(make_cell(backend, level, "single", "or", seed=6, epochs=5)))
+    after = spec.train(TrainSpec.from_cell(cell32))
     for name, value in before.params_final.items():
         assert value.dtype == np.float32
         assert np.array_equal(value, after.params_final[name])
@@ -145,12 +145,12 @@ def test_mxnet_from_zeros_is_gradient_descent_with_that_gradient(level):
 
 
 @pytest.mark.parametrize("backend", [b for b in registry.BACKENDS
-                                     if "raw" in registry.backend_module(b).LEVELS])
+                                     if "raw" in registry.backend(b).levels])
 def test_raw_loss_and_grad_is_the_hand_derived_one(backend):
     require(backend)
     from backends import numpy_backend
 
-    mod = registry.backend_module(backend)
+    mod = registry.backend(backend)
     for dtype in ("float32", "float64"):
         for arch, gate in (("single", "nand"), ("multi", "xor"), ("multi", "not")):
             spec = TrainSpec.from_cell(make_cell(backend, "raw", arch, gate, seed=2, dtype=dtype))

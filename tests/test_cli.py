@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.records import SCHEMA_VERSION
+from harness.tasks import GATES, LEVELS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,7 +31,8 @@ def test_run_writes_run_folder(tmp_path):
     records = [json.loads(line) for line in lines]
     assert len(records) == 8
     keys = [(d["level"], d["gate"], d["seed"]) for d in records]
-    assert keys == sorted(keys)
+    # Sorted in presentation order: levels and gates as declared, then seeds.
+    assert keys == sorted(keys, key=lambda k: (LEVELS.index(k[0]), list(GATES).index(k[1]), k[2]))
     first = records[0]
     for field in ("backend", "backend_version", "level", "arch", "gate", "seed", "dtype", "init",
                   "init_scale", "lr", "epochs", "hidden", "status", "message", "params_init",
@@ -39,7 +43,7 @@ def test_run_writes_run_folder(tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 8 and json.loads(rows[0]["params_final"]).keys() == {"W", "b"}
     man = json.loads((out / "manifest.json").read_text())
-    assert man["schema_version"] == 1 and man["config"]["seeds"] == [0, 1]
+    assert man["schema_version"] == SCHEMA_VERSION and man["config"]["seeds"] == [0, 1]
     assert "numpy" in man["versions"] and "commit" in man["git"]
     assert man["machine"]["python"].startswith("3.")
 
@@ -187,7 +191,7 @@ def test_load_run_reads_back_and_rejects_foreign_folders(tmp_path):
     assert harness("run", "--backends", "numpy", "--levels", "raw", "--gates", "and",
                    "--archs", "single", "--out", str(out)).returncode == 0
     man, recs = load_run(out)
-    assert man["schema_version"] == 1 and [r.gate for r in recs] == ["and"]
+    assert man["schema_version"] == SCHEMA_VERSION and [r.gate for r in recs] == ["and"]
     with open(out / "results.jsonl", "a") as fh:
         fh.write('{"backend": "num')  # a torn last line is ignored
     assert len(load_run(out)[1]) == 1

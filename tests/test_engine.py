@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import engine, registry
-from harness.results import STATUSES
+from harness import registry
+from harness.execution import engine
+from harness.records import Status
 
 from conftest import availability
 
@@ -220,8 +221,8 @@ def test_ctrl_c_ends_workers_keeps_records_and_exits_130(tmp_path):
     assert proc.returncode == 130, stderr
     assert "total" in stdout and "interrupted" in stderr and "--resume" in stderr
     recs = records(out)
-    assert [(d["backend"], d["gate"]) for d in recs] == [("faulty", "and"), ("numpy", "and"),
-                                                          ("numpy", "nand")]
+    assert [(d["backend"], d["gate"]) for d in recs] == [("numpy", "and"), ("numpy", "nand"),
+                                                          ("faulty", "and")]
     assert (out / "results.csv").exists() and "timing" in json.loads((out / "manifest.json").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(int(pidfile.read_text()), 0)  # the hung worker is gone
@@ -267,6 +268,21 @@ def test_kill_9_then_resume_leaves_the_folder_an_uninterrupted_run_leaves(tmp_pa
 
 # ------------------------------------------------------------------- units
 
+def test_gradcheck_runs_in_workers_and_survives_crashes():
+    # A framework that segfaults on import is reported broken, the others
+    # are checked; one that segfaults mid-check costs only its own rows.
+    r = harness("gradcheck", "--backends", "numpy,importcrash,faulty", "--gate", "and")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[3:] if line.strip()}
+    assert "broken: import killed by SIGSEGV" in rows["importcrash"]
+    assert "ok" in rows["faulty"] and "ok" in rows["numpy"]
+    r = harness("gradcheck", "--backends", "numpy,importcrash,faulty", "--gate", "xnor")
+    assert r.returncode == 1
+    died = [line for line in r.stdout.splitlines() if line.startswith("faulty")]
+    assert len(died) == 1 and "MISMATCH" in died[0] and "SIGSEGV" in died[0]
+    assert sum(line.startswith("numpy") and " ok" in line for line in r.stdout.splitlines()) == 3
+
+
 def test_extra_backends_hook_parsing():
     extra, problem = registry._extra_backends("a=x.y, b = z ,")
     assert extra == {"a": "x.y", "b": "z"} and problem is None
@@ -281,4 +297,5 @@ def test_exit_cause_names_the_signal():
 
 
 def test_statuses():
-    assert STATUSES == ("ok", "diverged", "unsupported", "skipped", "error", "timeout")
+    assert [s.value for s in Status] == ["ok", "diverged", "unsupported", "skipped", "error",
+                                         "timeout"]

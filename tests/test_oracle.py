@@ -7,21 +7,21 @@ import pytest
 
 from harness import oracle, registry
 from harness.compare import FINITE_DIFFERENCE_TOLERANCE, relative_deviation, tolerance
-from harness.results import Record
-from harness.runner import run_cell
+from harness.execution.child import run_cell
+from harness.records import Record
 from harness.tasks import ARCHS, GATES, NOT_LINEARLY_SEPARABLE, init_params, truth_table
 
-from conftest import cached_run, make_cell, require
+from conftest import applicable, cached_run, make_cell, require
 
 NOTEBOOK_LOSS = 0.4740769841801066
 NOTEBOOK_GRAD = -0.37754067  # printed to 8 decimals: good to 5e-9
 
 
 def problem(arch, gate, rule="gradient", seed=0, init="normal", lr=0.5, epochs=None):
-    cell = make_cell("numpy", "raw", arch, gate, seed=seed, init=init, lr=lr,
-                     **({"epochs": epochs} if epochs else {}))
+    cell = make_cell("numpy", rule if rule != "gradient" else "raw", arch, gate, seed=seed,
+                     init=init, lr=lr, **({"epochs": epochs} if epochs else {}))
     rec = Record.for_cell(cell, "ok", params_init={k: v.tolist() for k, v in init_params(cell).items()})
-    return oracle.Problem.of(dataclasses.replace(rec, level=rule if rule != "gradient" else "raw"))
+    return oracle.Problem.of(rec)
 
 
 def test_notebook_autodiff_point():
@@ -101,17 +101,10 @@ def test_records_not_ok_get_null_verdicts():
     assert all(getattr(judged, f) is None for f in oracle.VERDICT_FIELDS)
 
 
-def _supported(backend):
-    for level in registry.backend_module(backend).LEVELS:
-        for arch in ARCHS:
-            if registry.gap(backend, level, arch) is None:
-                yield level, arch
-
-
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
 def test_no_false_alarm_at_float64(backend):
     require(backend)
-    for level, arch in _supported(backend):
+    for level, arch in applicable(backend):
         for gate in GATES:
             rec = cached_run(make_cell(backend, level, arch, gate))
             assert rec.status == "ok", rec.message
@@ -124,7 +117,7 @@ def test_no_false_alarm_at_float64(backend):
 def test_no_false_alarm_at_float32(backend):
     # The cells the contract suite already ran (xor, seed 3, both archs).
     require(backend)
-    for level, arch in _supported(backend):
+    for level, arch in applicable(backend):
         rec = cached_run(make_cell(backend, level, arch, "xor", seed=3, dtype="float32"))
         assert rec.agrees, (level, arch, rec.oracle_dev, rec.tolerance, rec.first_departure)
 

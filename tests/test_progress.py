@@ -4,8 +4,8 @@ import io
 import pytest
 
 from harness.progress import NullProgress, PlainProgress, RichProgress, make_progress
-from harness.results import Record
-from harness.runner import run_cell
+from harness.execution.child import run_cell
+from harness.records import Record
 
 from conftest import make_cell
 

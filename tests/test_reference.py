@@ -80,7 +80,7 @@ def hand_trajectory(cell):
 
 # Every registered backend's gradient levels (a level a backend lacks is no case).
 BACKEND_LEVELS = [(b, lv) for b in registry.BACKENDS for lv in GRADIENT_LEVELS
-                  if registry.gap(b, lv, "single") is None]
+                  if registry.backend(b).gap(lv, "single") is None]
 
 
 @pytest.mark.parametrize("arch,gate", [("single", "nand"), ("single", "not"), ("multi", "xor")])

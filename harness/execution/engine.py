@@ -176,13 +176,13 @@ class Worker:
                 self.hello, self.deadline = msg, None
         return [msg for msg in messages if "state" not in msg]
 
-    def death(self) -> str:
+    def death(self, doing: str = "running this cell") -> str:
         """Why this worker's process ended, in words (after EOF)."""
         self.proc.wait()
         if self.hello and not self.ready:
             return f"worker could not import {self.backend} ({self.hello['state']}: " \
                    f"{self.hello['detail']})"
-        where = "while running this cell" if self.ready else f"while importing {self.backend}"
+        where = f"while {doing}" if self.ready else f"while importing {self.backend}"
         return f"worker process {exit_cause(self.proc.returncode)} {where}"
 
     def stderr_lines(self) -> list[str]:
@@ -278,7 +278,8 @@ def ask(workers: list[Worker], request: dict, timeout: float | None = None
             for w in [w for w in waiting if w.fd in readable]:
                 answers = w.read()
                 if answers is None:
-                    out[w.backend] = f"{w.death()} ({crash_site(w.stderr_lines())})"
+                    out[w.backend] = (f"{w.death('answering this request')} "
+                                      f"({crash_site(w.stderr_lines())})")
                     waiting.remove(w)
                 elif answers:
                     out[w.backend] = answers[0]

@@ -1,0 +1,182 @@
+"""The results schema: versions, migrations, and the same numbers as before.
+
+``tests/data/schema1-run`` is a run folder written by the harness before
+schema 2 (records with ``first_divergence``, manifest ``schema_version``
+1), by the command in its manifest: every backend, every level, gates and,
+xor and not, both archs, seed 0, float64, lr 0.1 (so that MXNet's float32
+learning rate shows as a disagreement), 40 epochs.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import records as rec_mod
+from harness import registry
+from harness.records import SCHEMA_VERSION, Record, Status, upgrade
+from harness.results import RunFolderError, load_run
+from harness.tasks import Cell
+
+from conftest import availability
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD = ROOT / "tests" / "data" / "schema1-run"
+COMPARED = ("status", "message", "params_init", "params_final", "probs", "loss_curve",
+            "loss_final", "agrees", "oracle_dev", "tolerance", "first_departure", "departed",
+            "learned_epoch", "info")
+
+
+def harness(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=900)
+
+
+def run_args(man):
+    """The `harness run` arguments of a manifest's command, without --out."""
+    args = man["command"][man["command"].index("run") + 1:]
+    i = args.index("--out")
+    return args[:i] + args[i + 2:]
+
+
+def require_all():
+    missing = [b for b in registry.BACKENDS if not availability(b).ok]
+    if missing:
+        pytest.skip(f"the schema-1 run used every framework; missing here: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="module")
+def rerun(tmp_path_factory):
+    """The checked-in folder's command, run again by this checkout."""
+    man = json.loads((OLD / "manifest.json").read_text())
+    out = tmp_path_factory.mktemp("rerun") / "run"
+    r = harness("run", *run_args(man), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_schema1_folder_loads_upgraded():
+    man, recs = load_run(OLD)
+    assert man["schema_version"] == 1 and len(recs) == 180
+    assert all(isinstance(r.status, Status) for r in recs)
+    bad = [r for r in recs if r.agrees is False]
+    assert bad and all(r.backend == "mxnet" and r.level == "optimizer" for r in bad)
+    # The migration says how each disagreement departs.
+    assert all(r.departed and r.departed[0] == "params_final" for r in bad)
+    assert all(r.departed == [] for r in recs if r.agrees)
+
+
+def test_same_numbers_as_the_schema1_run(rerun):
+    _, old = load_run(OLD)
+    man, new = load_run(rerun)
+    assert man["schema_version"] == SCHEMA_VERSION > 1
+    old = {r.cell: r for r in old}
+    new = {r.cell: r for r in new}
+    assert set(old) == set(new)
+    compared = 0
+    for cell, a in old.items():
+        if not availability(cell.backend).ok:
+            continue  # recorded where the framework was installed, skipped here
+        b = new[cell]
+        for field in COMPARED:
+            assert getattr(a, field) == getattr(b, field), (cell, field)
+        compared += 1
+    assert compared >= 50
+
+
+def test_schema1_folder_in_report_and_diff(tmp_path, rerun):
+    pytest.importorskip("matplotlib")
+    require_all()
+    folder = tmp_path / "old"
+    shutil.copytree(OLD, folder)
+    r = harness("report", str(folder))
+    assert r.returncode == 0, r.stderr
+    assert (folder / "report.html").is_file()
+    r = harness("diff", str(folder), str(rerun))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 of 180 matched cells differ" in r.stdout
+
+
+def test_schema1_folder_resumes(tmp_path, rerun):
+    require_all()
+    # Drop some records, as an interrupted run would have left them.
+    folder = tmp_path / "old"
+    shutil.copytree(OLD, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if json.loads(ln)["backend"] != "numpy"]
+    (folder / "results.jsonl").write_text("".join(kept))
+    r = harness("run", "--resume", str(folder), "--quiet", "--no-report")
+    assert r.returncode == 0, r.stderr
+    man, recs = load_run(folder)
+    assert man["schema_version"] == SCHEMA_VERSION and len(recs) == 180
+    assert "first_divergence" not in (folder / "results.jsonl").read_text()
+    _, fresh = load_run(rerun)
+    fresh = {r.cell: r for r in fresh}
+    for r in recs:
+        for field in COMPARED:
+            assert getattr(r, field) == getattr(fresh[r.cell], field), (r.cell, field)
+
+
+def test_migrations_cover_every_version():
+    assert set(rec_mod.MIGRATIONS) == set(range(1, SCHEMA_VERSION))
+
+
+def test_v1_record_migration():
+    base = {"backend": "torch", "level": "raw", "arch": "single", "gate": "and", "seed": 0,
+            "dtype": "float32", "init": "normal", "init_scale": 1.0, "lr": 0.5, "epochs": 100,
+            "hidden": None, "status": "ok", "oracle_dev": 2e-3, "tolerance": 1e-4,
+            "agrees": False, "first_divergence": None}
+    new = upgrade(base, 1)
+    assert "first_divergence" not in new and new["first_departure"] is None
+    # Parameters left their band while the loss curve stayed in its own.
+    assert new["departed"] == ["params_final"]
+    both = upgrade({**base, "first_divergence": 7}, 1)
+    assert both["departed"] == ["params_final", "loss_curve"] and both["first_departure"] == 7
+    assert upgrade(new, 1) == new  # idempotent: a half-rewritten folder stays readable
+
+
+def test_unknown_keys_are_refused(tmp_path):
+    assert pytest.raises(ValueError, Record.from_dict, {"surprise": 1}).match("surprise")
+    folder = tmp_path / "run"
+    shutil.copytree(OLD, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    extra = json.loads(lines[3])
+    extra["surprise"] = 1
+    lines[3] = json.dumps(extra)
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunFolderError, match=r"results.jsonl:4: .*'surprise'"):
+        load_run(folder)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(OLD, folder)
+    man = json.loads((folder / "manifest.json").read_text())
+    man["schema_version"] = SCHEMA_VERSION + 1
+    (folder / "manifest.json").write_text(json.dumps(man))
+    r = harness("report", str(folder))
+    assert r.returncode == 2 and "newer harness" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_record_holds_its_cell():
+    cell = Cell("numpy", "raw", "multi", "xor", 3, hidden=4)
+    rec = Record.for_cell(cell, "ok")
+    assert rec.cell is cell and rec.seed == 3 and rec.hidden == 4 and rec.epochs == 1000
+    flat = rec.to_dict()
+    assert list(flat)[:len(rec_mod.CELL_FIELDS)] == list(rec_mod.CELL_FIELDS)
+    assert Record.from_dict(json.loads(json.dumps(flat))) == rec
+    assert Cell("numpy", "raw", "single", "and", 0, hidden=4).hidden is None
+
+
+def test_one_cell_order():
+    cells = [Cell(b, lv, "single", "and", 0) for b in ("zzz-extra", "chainer", "numpy")
+             for lv in ("optimizer", "raw")]
+    ordered = sorted(cells, key=registry.cell_order)
+    assert [(c.backend, c.level) for c in ordered] == [
+        ("numpy", "raw"), ("numpy", "optimizer"), ("chainer", "raw"), ("chainer", "optimizer"),
+        ("zzz-extra", "raw"), ("zzz-extra", "optimizer")]
