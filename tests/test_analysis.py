@@ -72,6 +72,6 @@ def test_verdict_summary_text():
 
 def test_old_records_are_judged_on_the_fly():
     recs = [dataclasses.replace(r, **dict.fromkeys(oracle.VERDICT_FIELDS)) for r in records()]
-    judged = analysis.ensure_judged(recs)
+    judged = oracle.judge_all(recs)
     assert all(r.agrees for r in judged)
     assert [r.learned_epoch for r in judged] == [r.learned_epoch for r in records()]
