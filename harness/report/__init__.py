@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import analysis, oracle, registry
+from harness import analysis, oracle, registry, text
 from harness.compare import tolerance
 from harness.records import Record
 from harness.registry import cell_order
 from harness.results import atomic_write, load_run
-from harness.summary import counts
 from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS, LEVELS, NOT_LINEARLY_SEPARABLE
 
 INSTALL_HINT = "pip install 'feedforward-harness[report]'"
@@ -420,8 +419,8 @@ def _fmt_conv(c: analysis.Convergence) -> list[str]:
     vs = "same as oracle" if c.backend != "oracle" and not c.differs else ""
     if c.differs:
         vs = "; ".join(x for x in (
-            f"+{analysis.seed_ranges(c.only_backend)}" if c.only_backend else "",
-            f"-{analysis.seed_ranges(c.only_oracle)}" if c.only_oracle else "") if x)
+            f"+{text.seed_ranges(c.only_backend)}" if c.only_backend else "",
+            f"-{text.seed_ranges(c.only_oracle)}" if c.only_oracle else "") if x)
     return [c.backend, c.level, c.arch, c.gate, str(c.n), str(c.learned), f"{c.fraction:.2f}",
             f"[{c.low:.2f}, {c.high:.2f}]", med, vs]
 
@@ -431,7 +430,7 @@ CONV_HEADER = ["backend", "level", "arch", "gate", "seeds", "learned", "fraction
 
 
 def _status_rows(records):
-    table = counts(records)
+    table = analysis.counts(records)
     keys = Grid.of(records, hide_unsupported=False).rows
     cols = ["cells", "ok", "learned", "unsupported", "skipped", "error"]
     extra = sorted({s for c in table.values() for s in c} - set(cols))
@@ -449,7 +448,7 @@ def _manifest_rows(man: dict) -> list[list[str]]:
     for k, v in man.get("versions", {}).items():
         rows.append([f"version.{k}", str(v)])
     for k, v in man.get("config", {}).items():
-        rows.append([f"config.{k}", analysis.seed_ranges(v) if k == "seeds" and isinstance(v, list)
+        rows.append([f"config.{k}", text.seed_ranges(v) if k == "seeds" and isinstance(v, list)
                      else str(v)])
     return rows
 
@@ -537,7 +536,7 @@ def write_report(run_dir) -> Path:
             "outside.",
             (("report-oracle-dev.png", "oracle_dev heatmap", _png(fig_deviation(plt, grid))),),
             ((["backend", "level", "ok", "agree", "disagree", "worst dev/tol"],
-              analysis.verdict_rows(records), ""),)))
+              [text.verdict_cells(v) for v in analysis.verdict_rows(records)], ""),)))
         curves = tuple((f"report-loss-{i + 1}.png", f"loss curves {a} {g} seed {s}",
                         _png(fig_loss(plt, records, a, g, s)))
                        for i, (a, g, s) in enumerate(curve_cells(records)))
@@ -559,7 +558,7 @@ def write_report(run_dir) -> Path:
         sections.append(Section("Level agreement", level_text,
                                 tables=((["backend", "cells whose levels agree", "all"],
                                          level_rows, ""),) if level_rows else ()))
-        header, orows = analysis.oracle_convergence_rows(conv)
+        header, orows = text.oracle_convergence_rows(conv)
         images = ()
         if len(seeds) > 1:
             images = (("report-convergence.png", "convergence",
@@ -584,13 +583,13 @@ def write_report(run_dir) -> Path:
              ("skipped", sum(r.status == "skipped" for r in records)),
              ("failed", sum(r.status not in ("ok", "unsupported", "skipped") for r in records)),
              ("findings", len(found))]
-    groups = analysis.summarize_findings(found)
+    groups = text.summarize_findings(found)
     headline = ("No ok cells to judge." if not ok and not found else
                 "Every ok cell agrees with the oracle; no findings." if not found else
                 f"{len(found)} finding(s) in {len(groups)} group(s): "
                 + "; ".join(g.split(", e.g.")[0] for g in groups[:3])
                 + ("; ..." if len(groups) > 3 else ""))
-    meta = (f"{man.get('created_at', '')} · seeds {analysis.seed_ranges(seeds)} · "
+    meta = (f"{man.get('created_at', '')} · seeds {text.seed_ranges(seeds)} · "
             f"dtype {', '.join(sorted({r.dtype for r in records}))} · commit "
             f"{(man.get('git', {}).get('commit') or 'unknown')[:12]}")
 
@@ -625,10 +624,10 @@ def _write_html(run_dir, sections, stats, headline, found, meta, good):
              "<h2>Findings</h2>"]
     if found:
         parts.append("<ul class='findings'>" + "".join(
-            f"<li>{e(f)}</li>" for f in analysis.summarize_findings(found)) + "</ul>")
+            f"<li>{e(f)}</li>" for f in text.summarize_findings(found)) + "</ul>")
         parts.append(f"<details><summary>all {len(found)} findings</summary>"
                      + _html_table(["finding", "where", "cell"],
-                                   [[f.kind, f.group, f.detail] for f in found]) + "</details>")
+                                   [[f.kind, f.group, text.finding_detail(f)] for f in found]) + "</details>")
     else:
         parts.append("<p>None: every ok cell agrees with the oracle, the levels of each backend "
                      "agree, learned sets match the oracle's, and no single-layer xor/xnor was "
@@ -651,11 +650,11 @@ def _write_html(run_dir, sections, stats, headline, found, meta, good):
 def _write_md(run_dir, sections, stats, headline, found, meta):
     lines = [f"# Harness report: {run_dir.name}", "", meta, "", f"**{headline}**", "",
              " · ".join(f"{k}: {v}" for k, v in stats), "", "## Findings", ""]
-    lines += [f"- {f}" for f in analysis.summarize_findings(found)] or ["None."]
+    lines += [f"- {f}" for f in text.summarize_findings(found)] or ["None."]
     if found:
         lines += ["", f"All {len(found)} findings:", "",
                   _md_table(["finding", "where", "cell"],
-                            [[f.kind, f.group, f.detail] for f in found])]
+                            [[f.kind, f.group, text.finding_detail(f)] for f in found])]
     for s in sections:
         lines += ["", f"## {s.title}", ""]
         if s.text:
