@@ -96,12 +96,13 @@ def level_agreement(records: list[Record]
             key = (r.backend, r.arch, r.gate, r.seed, r.dtype, r.init, r.init_scale, r.lr,
                    r.epochs, r.hidden)
             groups.setdefault(key, []).append(r)
-    counts: dict[str, list[int]] = {}
+    tally: dict[str, list[int]] = {}
     mismatches = []
+    # Each group is in cell order, that is by level: the others are compared
+    # with the lowest level (raw when there is one).
     for key, group in groups.items():
         if len(group) < 2:
             continue
-        group.sort(key=lambda r: GRADIENT_LEVELS.index(r.level))
         first, tol = group[0], tolerance(group[0].dtype, group[0].epochs)
         bad = []
         for other in group[1:]:
@@ -109,11 +110,11 @@ def level_agreement(records: list[Record]
             if not dev <= tol:
                 cell = f"{first.arch} {first.gate} seed {first.seed}"
                 bad.append(LevelMismatch(first.backend, cell, (first.level, other.level), dev, tol))
-        c = counts.setdefault(first.backend, [0, 0])
+        c = tally.setdefault(first.backend, [0, 0])
         c[0] += not bad
         c[1] += 1
         mismatches.extend(bad)
-    return {b: (c[0], c[1]) for b, c in counts.items()}, mismatches
+    return {b: (c[0], c[1]) for b, c in tally.items()}, mismatches
 
 
 # ---------------------------------------------------------------- convergence

@@ -25,6 +25,7 @@ from harness import analysis, text
 from harness.report.figures import (INSTALL_HINT, ReportUnavailable, curve_cells, fig_convergence,
                                     fig_deviation, fig_loss, fig_surfaces, fig_verdicts, png,
                                     pyplot)
+from harness.records import Status
 from harness.report.grid import Grid, hidden_note
 from harness.report.render import Section, write_html, write_md, write_pngs
 from harness.report.tables import CONV_HEADER, convergence_row, manifest_rows, status_rows
@@ -39,7 +40,7 @@ def write_report(run_dir) -> Path:
     man, records = load_run(run_dir)
     plt = pyplot()
     grid = Grid.of(records)
-    ok = [r for r in records if r.status == "ok"]
+    ok = [r for r in records if r.status == Status.OK]
     agree_counts, mismatches = analysis.level_agreement(records)
     conv = analysis.convergence(records) if ok else []
     found = analysis.findings(records, conv, mismatches)
@@ -105,9 +106,9 @@ def write_report(run_dir) -> Path:
     n_ok, n_dis = len(ok), sum(r.agrees is False for r in ok)
     stats = [("cells", len(records)), ("ok", n_ok), ("agree", n_ok - n_dis),
              ("disagree", n_dis), ("learned", sum(bool(r.learned) for r in ok)),
-             ("unsupported", sum(r.status == "unsupported" for r in records)),
-             ("skipped", sum(r.status == "skipped" for r in records)),
-             ("failed", sum(r.status not in ("ok", "unsupported", "skipped") for r in records)),
+             ("unsupported", sum(r.status == Status.UNSUPPORTED for r in records)),
+             ("skipped", sum(r.status == Status.SKIPPED for r in records)),
+             ("failed", sum(map(analysis.went_wrong, records))),
              ("findings", len(found))]
     groups = text.summarize_findings(found)
     headline = ("No ok cells to judge." if not ok and not found else

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness import analysis, oracle, registry
 from harness.compare import tolerance
-from harness.records import Record
+from harness.records import Record, Status
 from harness.registry import cell_order
 from harness.report.grid import CATEGORIES, DARK, Grid, category, cell_text
 from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS
@@ -108,7 +108,7 @@ def fig_deviation(plt, grid: Grid):
     texts = []
     for i, row in enumerate(grid.rows):
         for j, col in enumerate(grid.cols):
-            ok = [r for r in grid.get(row, col) if r.status == "ok"]
+            ok = [r for r in grid.get(row, col) if r.status == Status.OK]
             if not ok:
                 continue
             worst = max(ok, key=lambda r: math.inf if r.oracle_dev is None
@@ -156,7 +156,7 @@ def curve_cells(records: list[Record]) -> list[tuple]:
     """(arch, gate, seed) to draw: per arch, the notebook's cell (single nand,
     multi xor) at the smallest seed, and the first cell where something
     departed from the oracle if that one did not."""
-    ok = [r for r in records if r.status == "ok" and r.level in GRADIENT_LEVELS]
+    ok = [r for r in records if r.status == Status.OK and r.level in GRADIENT_LEVELS]
     picks: list[tuple] = []
     for arch, gate in (("single", "nand"), ("multi", "xor")):
         mine = [r for r in ok if r.arch == arch]
@@ -174,7 +174,7 @@ def curve_cells(records: list[Record]) -> list[tuple]:
 
 
 def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
-    recs = sorted((r for r in records if r.status == "ok" and r.level in GRADIENT_LEVELS
+    recs = sorted((r for r in records if r.status == Status.OK and r.level in GRADIENT_LEVELS
                    and (r.arch, r.gate, r.seed) == (arch, gate, seed)), key=cell_order)
     traj = oracle.trajectory(recs[0])
     ref = np.append(traj.loss_curve, traj.loss_final)
@@ -229,7 +229,7 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
 def surface_record(records: list[Record], arch: str, gate: str) -> Record | None:
     """The record whose surface is drawn: smallest seed, then the first
     backend and level that agrees with the oracle (any ok one if none does)."""
-    ok = sorted((r for r in records if r.status == "ok" and (r.arch, r.gate) == (arch, gate)),
+    ok = sorted((r for r in records if r.status == Status.OK and (r.arch, r.gate) == (arch, gate)),
                 key=lambda r: (r.seed, r.agrees is not True, cell_order(r)))
     return ok[0] if ok else None
 
@@ -275,7 +275,7 @@ def fig_surfaces(plt, records: list[Record], grid: Grid):
             if wrong.any():
                 ax.scatter(pts[wrong, 0], pts[wrong, 1], s=260, facecolors="none",
                            edgecolors="#ffb300", linewidths=2.5, zorder=4, clip_on=False)
-            learned = [r for r in records if r.status == "ok" and (
+            learned = [r for r in records if r.status == Status.OK and (
                 r.backend, r.level, r.arch, r.gate) == (rec.backend, rec.level, arch, gate)]
             k = sum(bool(r.learned) for r in learned)
             ax.set_title(f"{gate}: {'learned' if rec.learned else 'NOT learned'}",

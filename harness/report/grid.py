@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness import registry
-from harness.records import Record
-from harness.tasks import ARCHS, GATES, LEVELS, NOT_LINEARLY_SEPARABLE
+from harness.analysis import went_wrong
+from harness.records import Record, Status
+from harness.registry import cell_order
+from harness.tasks import ARCHS, GATES, NOT_LINEARLY_SEPARABLE
 
 CATEGORIES = {  # name: (colour, meaning)
     "agree": ("#a5d6a7", "ok, agrees with the oracle"),
@@ -34,17 +35,15 @@ class Grid:
     hidden: list[tuple[str, str, str]]
 
     @classmethod
-    def of(cls, records: list[Record], hide_unsupported: bool = True) -> "Grid":
+    def of(cls, records: list[Record]) -> "Grid":
         cells: dict = {}
         by_row: dict = {}
-        for r in records:
+        for r in sorted(records, key=cell_order):
             cells.setdefault((r.backend, r.level, r.arch, r.gate), []).append(r)
             by_row.setdefault((r.backend, r.level), []).append(r)
-        order = list(registry.BACKENDS)
-        rows = sorted(by_row, key=lambda k: (order.index(k[0]) if k[0] in order else len(order),
-                                             LEVELS.index(k[1])))
-        hidden = [(*row, by_row[row][0].message) for row in rows if hide_unsupported
-                  and all(r.status == "unsupported" for r in by_row[row])]
+        rows = list(by_row)
+        hidden = [(*row, by_row[row][0].message) for row in rows
+                  if all(r.status == Status.UNSUPPORTED for r in by_row[row])]
         rows = [row for row in rows if (*row, by_row[row][0].message) not in hidden]
         cols = sorted({(r.arch, r.gate) for r in records},
                       key=lambda k: (ARCHS.index(k[0]), list(GATES).index(k[1])))
@@ -57,9 +56,8 @@ class Grid:
 def category(recs: list[Record]) -> str | None:
     if not recs:
         return None
-    statuses = {r.status for r in recs}
-    ok = [r for r in recs if r.status == "ok"]
-    if statuses - {"ok", "skipped", "unsupported"}:
+    ok = [r for r in recs if r.status == Status.OK]
+    if any(map(went_wrong, recs)):
         return "failed"
     if any(r.agrees is False for r in ok):
         return "disagree"
@@ -67,16 +65,16 @@ def category(recs: list[Record]) -> str | None:
         return "finding"
     if ok:
         return "agree"
-    return "skipped" if "skipped" in statuses else "unsupported"
+    return "skipped" if any(r.status == Status.SKIPPED for r in recs) else "unsupported"
 
 
 def cell_text(recs: list[Record], cat: str) -> str:
     if cat in ("skipped", "unsupported"):
         return "skip" if cat == "skipped" else "n/a"
     if cat == "failed":
-        bad = [r.status for r in recs if r.status not in ("ok", "skipped", "unsupported")]
+        bad = [r.status for r in recs if went_wrong(r)]
         return f"{bad[0]}" + (f" x{len(bad)}" if len(bad) > 1 else "")
-    ok = [r for r in recs if r.status == "ok"]
+    ok = [r for r in recs if r.status == Status.OK]
     return f"{sum(bool(r.learned) for r in ok)}/{len(ok)}"
 
 

@@ -4,7 +4,7 @@ ranges) come from ``harness.text``."""
 from __future__ import annotations
 
 from harness import analysis, text
-from harness.report.grid import Grid
+from harness.records import Status
 
 
 def convergence_row(c: analysis.Convergence) -> list[str]:
@@ -22,13 +22,14 @@ CONV_HEADER = ["backend", "level", "arch", "gate", "seeds", "learned", "fraction
                "median epoch", "vs oracle's learned set"]
 
 
-def status_rows(records):
+def status_rows(records) -> tuple[list[str], list[list[str]]]:
+    """Counts per backend x level, every row (the summary hides unsupported
+    ones): these columns always, then any other count that occurs."""
     table = analysis.counts(records)
-    keys = Grid.of(records, hide_unsupported=False).rows
-    cols = ["cells", "ok", "learned", "unsupported", "skipped", "error"]
+    cols = ["cells", Status.OK, "learned", Status.UNSUPPORTED, Status.SKIPPED, Status.ERROR]
     extra = sorted({s for c in table.values() for s in c} - set(cols))
-    return ["backend", "level", *cols, *extra], [[b, lv, *(str(table[(b, lv)][c]) for c in
-                                                         cols + extra)] for b, lv in keys]
+    return ["backend", "level", *cols, *extra], [[b, lv, *(str(c[col]) for col in cols + extra)]
+                                                 for (b, lv), c in table.items()]
 
 
 def manifest_rows(man: dict) -> list[list[str]]:
