@@ -1,8 +1,16 @@
-"""What a run's records say, beyond counts: verdicts, level agreement,
+"""What a run's records say, as numbers: counts, verdicts, level agreement,
 multi-seed convergence statistics and findings.
 
+Everything here returns data (dataclasses, numbers, counters); the words
+and tables the tool prints from it are in ``harness.text``, and the
+report's figures and tables in ``harness.report``, so that a statistic is
+computed once whichever of them shows it.
+
+* Counts: cells per backend x level by status, learned, and not
+  bit-identical across repeats.
 * Verdicts come from ``harness.oracle`` (judged in the workers, or by the
-  loader for records written before verdicts existed).
+  loader for records written before verdicts existed); ``verdict_rows``
+  tallies them per backend x level.
 * Level agreement: within one backend, the gradient levels (raw, module,
   optimizer) of the same cell must give the same params_final, to
   ``harness.compare.tolerance``.
@@ -20,13 +28,14 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 from harness import oracle, registry
 from harness.compare import relative_deviation, tolerance
 from harness.records import Record, Status
 from harness.registry import cell_order
-from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS, LEVELS, NOT_LINEARLY_SEPARABLE
+from harness.tasks import GRADIENT_LEVELS, NOT_LINEARLY_SEPARABLE
 
 Z95 = 1.959963984540054
 
@@ -42,7 +51,29 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def label(rec) -> str:
+    """A cell's name, e.g. in ``harness diff``, which pairs cells by it."""
     return f"{rec.backend} {rec.level} {rec.arch} {rec.gate} seed {rec.seed}"
+
+
+def went_wrong(rec: Record) -> bool:
+    """The cell should have trained and did not end ok: error, timeout, or
+    diverged (which ``Status.failed`` leaves out: it does not fail a run)."""
+    return rec.status != Status.OK and not rec.status.not_run
+
+
+# --------------------------------------------------------------------- counts
+
+def counts(records: list[Record]) -> dict[tuple[str, str], Counter]:
+    """{(backend, level): Counter of statuses, "learned", "not-identical" and
+    "cells"}, the keys in cell order."""
+    table: dict[tuple[str, str], Counter] = {}
+    for rec in sorted(records, key=cell_order):
+        c = table.setdefault((rec.backend, rec.level), Counter())
+        c[rec.status] += 1
+        c["learned"] += bool(rec.learned)
+        c["not-identical"] += bool(rec.repeat_mismatch)
+        c["cells"] += 1
+    return table
 
 
 # ----------------------------------------------------------- level agreement
@@ -61,16 +92,17 @@ def level_agreement(records: list[Record]
     """({backend: (cells agreeing, cells compared)}, mismatches)."""
     groups: dict[tuple, list[Record]] = {}
     for r in sorted(records, key=cell_order):
-        if r.status == "ok" and r.level in GRADIENT_LEVELS:
+        if r.status == Status.OK and r.level in GRADIENT_LEVELS:
             key = (r.backend, r.arch, r.gate, r.seed, r.dtype, r.init, r.init_scale, r.lr,
                    r.epochs, r.hidden)
             groups.setdefault(key, []).append(r)
-    counts: dict[str, list[int]] = {}
+    tally: dict[str, list[int]] = {}
     mismatches = []
+    # Each group is in cell order, that is by level: the others are compared
+    # with the lowest level (raw when there is one).
     for key, group in groups.items():
         if len(group) < 2:
             continue
-        group.sort(key=lambda r: GRADIENT_LEVELS.index(r.level))
         first, tol = group[0], tolerance(group[0].dtype, group[0].epochs)
         bad = []
         for other in group[1:]:
@@ -78,11 +110,11 @@ def level_agreement(records: list[Record]
             if not dev <= tol:
                 cell = f"{first.arch} {first.gate} seed {first.seed}"
                 bad.append(LevelMismatch(first.backend, cell, (first.level, other.level), dev, tol))
-        c = counts.setdefault(first.backend, [0, 0])
+        c = tally.setdefault(first.backend, [0, 0])
         c[0] += not bad
         c[1] += 1
         mismatches.extend(bad)
-    return {b: (c[0], c[1]) for b, c in counts.items()}, mismatches
+    return {b: (c[0], c[1]) for b, c in tally.items()}, mismatches
 
 
 # ---------------------------------------------------------------- convergence
@@ -116,8 +148,7 @@ def convergence(records: list[Record]) -> list[Convergence]:
     """Per backend x level x arch x gate; the oracle's own rows come first, as
     backend ``oracle`` with its rule as level (``gradient`` for raw, module
     and optimizer, which share a trajectory), over the seeds any backend ran."""
-    ok = sorted((r for r in records if r.status == "ok"),
-                key=cell_order)
+    ok = sorted((r for r in records if r.status == Status.OK), key=cell_order)
     pairs = list(zip(ok, oracle.solve([oracle.Problem.of(r) for r in ok])))
     groups: dict[tuple, list] = {}
     for r, t in pairs:
@@ -145,26 +176,34 @@ def convergence(records: list[Record]) -> list[Convergence]:
 
 # ------------------------------------------------------------------- findings
 
-def seed_ranges(seeds) -> str:
-    """Sorted ints as ranges: 0-99, 3, 5-7."""
-    out: list[list[int]] = []
-    for s in sorted(seeds):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in out]
-    return ", ".join(text[:8]) + (f" (+{len(text) - 8} more)" if len(text) > 8 else "")
+# The kinds of finding, most serious first; a cell that should have trained
+# and did not is a finding whose kind is its Status.
+DISAGREES = "disagrees with the oracle"
+LEVELS_DISAGREE = "levels disagree"
+IMPOSSIBLE = "learned single-layer xor/xnor (impossible for one threshold unit)"
+LEARNED_SET = "learned set differs from the oracle's"
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # e.g. "disagrees with the oracle"
-    group: str  # backend and level, or backend: findings are summarized per group
-    detail: str  # the cell and the numbers
+    """One finding, as data; ``harness.text`` words it."""
 
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.group} {self.detail}"
+    kind: str  # one of the kinds above, or the Status of a cell that went wrong
+    group: str  # backend and level, or backend: findings are summarized per group
+    cell: str  # where in the group: arch, gate and (but for learned sets) seed
+    # What was found: the cell's Record, the LevelMismatch, or the Convergence
+    # whose learned set differs.
+    subject: Record | LevelMismatch | Convergence
+    # Why the cell is known to depart (its backend says so), or None.
+    known: str | None = None
+
+    @property
+    def detail(self) -> str:
+        """The cell and the numbers, in words (``harness.text.finding_detail``)."""
+        # Imported here: harness.text imports this module, and the wording
+        # belongs with the rest of the tool's text.
+        from harness.text import finding_detail
+        return finding_detail(self)
 
 
 def findings(records: list[Record], conv: list[Convergence] | None = None,
@@ -178,68 +217,44 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
 
     for r in records:
         if r.status == Status.OK and r.agrees is False:
-            why = registry.known_departure(r.cell)
-            out.append(Finding("disagrees with the oracle", where(r)[0],
-                               f"{where(r)[1]}: {departure(r)}"
-                               + (f" (known: {why})" if why else "")))
+            out.append(Finding(DISAGREES, *where(r), r, registry.known_departure(r.cell)))
     for r in records:
-        if r.status != Status.OK and not r.status.not_run:
-            msg = r.message.splitlines()[0] if r.message else ""
-            out.append(Finding(r.status, where(r)[0], f"{where(r)[1]}: {msg}"))
+        if went_wrong(r):
+            out.append(Finding(r.status, *where(r), r))
     if levels is None:
         levels = level_agreement(records)[1]
     for m in levels:
-        out.append(Finding("levels disagree", m.backend, f"{m.cell}: {m.levels[1]} vs "
-                           f"{m.levels[0]} dev {_num(m.dev)} > {m.tol:g}"))
+        out.append(Finding(LEVELS_DISAGREE, m.backend, m.cell, m))
     for r in records:
         if (r.status == Status.OK and r.learned and r.arch == "single"
                 and r.gate in NOT_LINEARLY_SEPARABLE):
-            out.append(Finding("learned single-layer xor/xnor (impossible for one threshold "
-                               "unit)", where(r)[0], where(r)[1]))
+            out.append(Finding(IMPOSSIBLE, *where(r), r))
     for c in conv if conv is not None else convergence(records):
         if c.differs:
-            parts = []
-            if c.only_backend:
-                parts.append(f"learned only by {c.backend}: seeds {seed_ranges(c.only_backend)}")
-            if c.only_oracle:
-                parts.append(f"learned only by the oracle: seeds {seed_ranges(c.only_oracle)}")
-            out.append(Finding("learned set differs from the oracle's", f"{c.backend} {c.level}",
-                               f"{c.arch} {c.gate}: {'; '.join(parts)}"))
+            out.append(Finding(LEARNED_SET, f"{c.backend} {c.level}", f"{c.arch} {c.gate}", c))
     return out
 
 
-def departure(r: Record) -> str:
-    """How a disagreeing cell departs: which band it left, by how much, when."""
-    departed = r.departed or []
-    params = (f"params_final left its band (oracle_dev {_num(r.oracle_dev)} > {r.tolerance:g})"
-              if "params_final" in departed else
-              f"params_final within its band (oracle_dev {_num(r.oracle_dev)})")
-    curve = (f"loss curve left its band at epoch {r.first_departure}"
-             if "loss_curve" in departed else "loss curve within its band")
-    return f"{params}, {curve}"
+# ------------------------------------------------------------------- verdicts
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The verdicts of one backend x level's ok cells."""
+
+    backend: str
+    level: str
+    ok: int
+    agree: int
+    disagree: int
+    # The worst oracle_dev / tolerance (inf when a deviation is not finite).
+    worst: float
 
 
-def summarize_findings(found: list[Finding]) -> list[str]:
-    """One line per kind and group: the count and the first example."""
-    groups: dict[tuple[str, str], list[Finding]] = {}
-    for f in found:
-        groups.setdefault((f.kind, f.group), []).append(f)
-    return [str(fs[0]) if len(fs) == 1 else
-            f"{kind}: {group}: {len(fs)} cells, e.g. {fs[0].detail}"
-            for (kind, group), fs in groups.items()]
-
-
-def _num(v) -> str:
-    return "inf/NaN" if v is None or not math.isfinite(v) else f"{v:.1e}"
-
-
-# -------------------------------------------------------------------- summary
-
-def verdict_rows(records: list[Record]) -> list[list[str]]:
-    """backend, level, ok, agree, disagree, worst oracle_dev / tolerance."""
+def verdict_rows(records: list[Record]) -> list[Verdicts]:
+    """One row per backend x level with ok cells, in cell order."""
     table: dict[tuple[str, str], list] = {}
     for r in sorted(records, key=cell_order):
-        if r.status != "ok":
+        if r.status != Status.OK:
             continue
         row = table.setdefault((r.backend, r.level), [0, 0, 0, 0.0])
         row[0] += 1
@@ -248,58 +263,4 @@ def verdict_rows(records: list[Record]) -> list[list[str]]:
         ratio = (r.oracle_dev / r.tolerance if r.oracle_dev is not None
                  and math.isfinite(r.oracle_dev) else float("inf"))
         row[3] = max(row[3], ratio)
-    return [[b, lv, str(ok), str(agree), str(dis), f"{worst:.1e}"]
-            for (b, lv), (ok, agree, dis, worst) in table.items()]
-
-
-def format_table(header: list[str], rows: list[list[str]], left=(0, 1)) -> str:
-    """Plain-text table; columns whose index is in ``left`` are left-aligned."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(r):
-        return "  ".join(str(v).ljust(w) if i in left else str(v).rjust(w)
-                         for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
-
-
-def convergence_cell(c: Convergence) -> str:
-    med = "-" if c.median_epoch is None else f"{c.median_epoch:g}"
-    return f"{c.learned}/{c.n} [{c.low:.2f},{c.high:.2f}] @{med}"
-
-
-def oracle_convergence_rows(conv: list[Convergence]) -> tuple[list[str], list[list[str]]]:
-    """The oracle's rows as a table: arch x gate, one column per rule."""
-    mine = {(c.level, c.arch, c.gate): c for c in conv if c.backend == "oracle"}
-    levels = [lv for lv in oracle.RULES if any(k[0] == lv for k in mine)]
-    rows = []
-    for arch in ARCHS:
-        for gate in GATES:
-            if any((lv, arch, gate) in mine for lv in levels):
-                rows.append([arch, gate, *(convergence_cell(mine[(lv, arch, gate)])
-                                           if (lv, arch, gate) in mine else "" for lv in levels)])
-    names = {"gradient": "gradient (raw, module, optimizer)"}
-    return ["arch", "gate", *(names.get(lv, lv) for lv in levels)], rows
-
-
-def verdict_summary(records: list[Record]) -> str:
-    """The text ``harness run`` prints after its counts."""
-    rows = verdict_rows(records)
-    if not rows:
-        return "verdicts: no ok cells to judge"
-    lines = ["verdicts against the float64 oracle (dev/tol: worst oracle_dev / tolerance):",
-             format_table(["backend", "level", "ok", "agree", "disagree", "dev/tol"], rows)]
-    agree, mismatches = level_agreement(records)
-    if agree:
-        lines.append("levels agree within each backend: " + ", ".join(
-            f"{b} {a}/{n} cells" for b, (a, n) in agree.items()))
-    conv = convergence(records)
-    if len({r.seed for r in records}) > 1:
-        header, rows = oracle_convergence_rows(conv)
-        lines += ["convergence over seeds (oracle): learned/n [95% interval] @median epoch "
-                  "every row first came out right",
-                  format_table(header, rows)]
-    found = findings(records, conv, mismatches)
-    lines.append(f"findings: {len(found)}" if found else "findings: none")
-    lines += [f"  {f}" for f in summarize_findings(found)]
-    return "\n".join(lines)
+    return [Verdicts(b, lv, *row) for (b, lv), row in table.items()]

@@ -115,7 +115,7 @@ def _jobs(value: str | None) -> int:
 def cmd_run(args) -> int:
     from harness.progress import make_progress
     from harness.runner import run_matrix
-    from harness.summary import summary_table
+    from harness.text import summary_table
 
     flags = {k: getattr(args, k) for k in KEYS}
     jobs = _jobs(args.jobs)
@@ -151,7 +151,7 @@ def cmd_run(args) -> int:
 
 
 def _verdicts_and_report(run_dir: Path, records, report: bool) -> None:
-    from harness.analysis import verdict_summary
+    from harness.text import verdict_summary
 
     print(verdict_summary(records))
     if report:
@@ -194,8 +194,9 @@ def _choice_list(kind: str, text: str, valid) -> list[str]:
 
 
 def cmd_gradcheck(args) -> int:
-    from harness.gradcheck import check, table
+    from harness.gradcheck import check
     from harness.tasks import DTYPES
+    from harness.text import gradcheck_table
 
     backends = _choice_list("backend", args.backends, registry.BACKENDS)
     registry.check_choice("gate", args.gate, GATES)
@@ -203,7 +204,7 @@ def cmd_gradcheck(args) -> int:
     if not args.seed.isdigit():
         raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer.")
     rows = check(backends, seed=int(args.seed), gate=args.gate, dtype=args.dtype)
-    print(table(rows, args.dtype))
+    print(gradcheck_table(rows, args.dtype))
     bad = [r for r in rows if r.ok is False]
     print(f"gradcheck: {len(bad)} mismatch(es)" if bad else "gradcheck: every backend agrees")
     return 1 if bad else 0
@@ -219,7 +220,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from harness.diff import diff_runs, format_diff
+    from harness.diff import diff_runs
+    from harness.text import format_diff
 
     d = diff_runs(args.run_a, args.run_b)
     print(format_diff(d, args.run_a, args.run_b))

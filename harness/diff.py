@@ -100,20 +100,3 @@ def diff_runs(dir_a, dir_b) -> RunDiff:
                                            key=cell_order)]
     return out
 
-
-def format_diff(d: RunDiff, dir_a, dir_b) -> str:
-    lines = [f"A: {dir_a}", f"B: {dir_b}"]
-    if d.settings:
-        lines += ["settings differ:", *(f"  {s}" for s in d.settings)]
-    if d.versions:
-        lines += ["versions differ:", *(f"  {v}" for v in d.versions)]
-    if d.differing:
-        lines.append("cells that differ:")
-        lines += [f"  {name}: {'; '.join(why)}" for name, why in d.differing]
-    for side, cells in (("A", d.only_a), ("B", d.only_b)):
-        if cells:
-            lines.append(f"only in {side}:")
-            lines += [f"  {c}" for c in cells]
-    lines.append(f"{len(d.differing)} of {d.compared} matched cells differ; {len(d.only_a)} only "
-                 f"in A, {len(d.only_b)} only in B")
-    return "\n".join(lines)

@@ -137,23 +137,3 @@ def _backend_rows(backends, pts, refs, tol, request) -> list[Row]:
             rows[name].append(Row(name, p.name, loss, loss_err, grad_err, fd_err, ok))
     return [row for name in backends for row in rows[name]]
 
-
-def table(rows: list[Row], dtype: str) -> str:
-    from harness.analysis import format_table
-
-    def e(v):
-        return "" if v is None else f"{v:.1e}"
-
-    body = [[r.backend, r.point, "" if r.loss is None else f"{r.loss:.16g}", e(r.loss_err),
-             e(r.grad_err), e(r.fd_err),
-             {True: "ok", False: "MISMATCH", None: "skipped"}[r.ok] + (f"  {r.note}" if r.note else "")]
-            for r in rows]
-    head = (f"gradient check ({dtype}): loss and gradient of each backend's raw level vs the "
-            f"oracle's closed form (pass at {tolerance(dtype, 1):g}) and vs a central finite "
-            f"difference (pass at {max(tolerance(dtype, 1), FINITE_DIFFERENCE_TOLERANCE):g}); "
-            "errors relative with a unit floor.\nThe oracle's notebook row is against the "
-            f"notebook's printed loss {NOTEBOOK_LOSS} and gradient {NOTEBOOK_GRAD} (each "
-            f"component, 8 decimals: pass at {NOTEBOOK_GRAD_PRECISION:g}).")
-    return head + "\n" + format_table(
-        ["backend", "point", "loss", "loss err", "grad err", "vs fd", "verdict"], body,
-        left=(0, 1, 6))

@@ -6,6 +6,7 @@ import pytest
 
 from harness import analysis, oracle
 from harness.tasks import GRADIENT_LEVELS
+from harness.text import verdict_summary
 
 from conftest import cached_run, make_cell
 
@@ -64,7 +65,7 @@ def test_convergence_matches_oracle_and_names_a_differing_backend():
 
 def test_verdict_summary_text():
     recs = records(levels=("raw", "module"))
-    text = analysis.verdict_summary(recs)
+    text = verdict_summary(recs)
     assert "numpy    raw" in text and "findings: none" in text
     assert "levels agree within each backend: numpy 10/10 cells" in text
     assert "convergence over seeds" in text and "5/5 [0.57,1.00]" in text
@@ -72,6 +73,6 @@ def test_verdict_summary_text():
 
 def test_old_records_are_judged_on_the_fly():
     recs = [dataclasses.replace(r, **dict.fromkeys(oracle.VERDICT_FIELDS)) for r in records()]
-    judged = analysis.ensure_judged(recs)
+    judged = oracle.judge_all(recs)
     assert all(r.agrees for r in judged)
     assert [r.learned_epoch for r in judged] == [r.learned_epoch for r in records()]

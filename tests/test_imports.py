@@ -12,7 +12,7 @@ FRAMEWORKS = ["torch", "tensorflow", "keras", "mxnet", "chainer", "autograd", "j
 
 def test_importing_harness_imports_no_framework():
     code = ("import json, sys, importlib; import harness, harness.cli, harness.runner, "
-            "harness.registry, harness.results, harness.config, harness.summary, "
+            "harness.registry, harness.results, harness.config, harness.text, harness.report, "
             "harness.execution.engine, harness.progress, harness.execution.worker, "
             "harness.execution.child, harness.contract, harness.resume, backends;"
             f"[importlib.import_module(m) for m in {list(registry.BACKENDS.values())!r}];"

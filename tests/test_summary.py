@@ -1,5 +1,5 @@
 from harness.results import Record
-from harness.summary import summary_table
+from harness.text import summary_table
 from harness.tasks import Cell
 
 

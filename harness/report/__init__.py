@@ -1,0 +1,129 @@
+"""``harness report DIR``: DIR/report.html and DIR/report.md from a run folder.
+
+* report.html is one self-contained file: styles inline, plots embedded as
+  base64 PNGs, nothing fetched.  report.md has the same tables and links the
+  same plots, written beside it as report-*.png.
+* Plots aggregate over seeds (a hundred seeds make the same number of
+  plots as one): the verdict matrix and the oracle_dev heatmap take the worst
+  seed of each cell; loss curves and decision surfaces show one seed.
+* matplotlib is the optional ``report`` extra, imported only once
+  ``write_report`` runs (``figures.pyplot``: Agg backend, no display);
+  without it ReportUnavailable says how to install it.
+* Records written before verdicts existed are judged on the fly.
+
+This module assembles the report's sections; the package holds the parts:
+``grid`` (the backend x level by arch x gate model), ``figures`` (the five
+plots), ``tables`` (the rows of its tables) and ``render`` (the HTML and
+Markdown writers).  The statistics come from ``harness.analysis``, their
+wording from ``harness.text``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import analysis, text
+from harness.report.figures import (INSTALL_HINT, ReportUnavailable, curve_cells, fig_convergence,
+                                    fig_deviation, fig_loss, fig_surfaces, fig_verdicts, png,
+                                    pyplot)
+from harness.records import Status
+from harness.report.grid import Grid, hidden_note
+from harness.report.render import Section, write_html, write_md, write_pngs
+from harness.report.tables import CONV_HEADER, convergence_row, manifest_rows, status_rows
+from harness.results import load_run
+
+__all__ = ["INSTALL_HINT", "ReportUnavailable", "write_report"]
+
+
+def write_report(run_dir) -> Path:
+    """Write DIR/report.html, DIR/report.md and DIR/report-*.png; return the html path."""
+    run_dir = Path(run_dir)
+    man, records = load_run(run_dir)
+    plt = pyplot()
+    grid = Grid.of(records)
+    ok = [r for r in records if r.status == Status.OK]
+    agree_counts, mismatches = analysis.level_agreement(records)
+    conv = analysis.convergence(records) if ok else []
+    found = analysis.findings(records, conv, mismatches)
+    seeds = sorted({r.seed for r in records})
+
+    sections = []
+    if grid.rows:
+        sections.append(Section(
+            "Verdict matrix",
+            "Each square is one backend and level (rows) on one gate and architecture (columns), "
+            "over every seed: its colour is the worst verdict against the float64 oracle, its "
+            "text the seeds learned. Single-layer xor and xnor are expected not to be learned."
+            + hidden_note(grid),
+            (("report-verdicts.png", "verdict matrix", png(fig_verdicts(plt, grid))),)))
+    if ok:
+        sections.append(Section(
+            "Deviation from the oracle",
+            "Worst oracle_dev (largest relative deviation of params_final from the oracle's) "
+            "over seeds, coloured by its ratio to the tolerance: green is far inside, red "
+            "outside.",
+            (("report-oracle-dev.png", "oracle_dev heatmap", png(fig_deviation(plt, grid))),),
+            ((["backend", "level", "ok", "agree", "disagree", "worst dev/tol"],
+              [text.verdict_cells(v) for v in analysis.verdict_rows(records)], ""),)))
+        curves = tuple((f"report-loss-{i + 1}.png", f"loss curves {a} {g} seed {s}",
+                        png(fig_loss(plt, records, a, g, s)))
+                       for i, (a, g, s) in enumerate(curve_cells(records)))
+        if curves:
+            sections.append(Section(
+                "Loss curves",
+                "Every backend and gradient level of one cell drawn over the oracle's curve: "
+                "where they agree they lie on one line. The lower panel is the band test "
+                "(distance from the oracle's loss, relative with a unit floor); a cross marks "
+                "the first epoch a curve leaves the tolerance band.", curves))
+        sections.append(Section(
+            "Decision surfaces", "",
+            (("report-surfaces.png", "decision surfaces",
+              png(fig_surfaces(plt, records, grid))),)))
+        level_rows = [[b, f"{a}/{n}", "yes" if a == n else "NO"]
+                      for b, (a, n) in agree_counts.items()]
+        level_text = ("Within one backend, raw, module and optimizer of the same cell must give "
+                      "the same params_final (to the tolerance).")
+        sections.append(Section("Level agreement", level_text,
+                                tables=((["backend", "cells whose levels agree", "all"],
+                                         level_rows, ""),) if level_rows else ()))
+        header, orows = text.oracle_convergence_rows(conv)
+        images = ()
+        if len(seeds) > 1:
+            images = (("report-convergence.png", "convergence",
+                       png(fig_convergence(plt, conv))),)
+        sections.append(Section(
+            "Convergence",
+            f"Over {len(seeds)} seed(s): seeds learned / n [95% Wilson interval] @ median epoch "
+            "at which every row first came out right (the oracle's trajectory; per backend, "
+            "over its cells that agree). 'vs oracle' names seeds only the backend learned (+) "
+            "or only the oracle learned (-).", images,
+            ((header, orows, ""),
+             (CONV_HEADER, [convergence_row(c) for c in conv if c.backend != "oracle"],
+              "every backend x level x arch x gate"))))
+    status_header, by_status = status_rows(records)
+    sections.append(Section("Cells by status", tables=((status_header, by_status, ""),)))
+    sections.append(Section("Manifest", tables=((["key", "value"], manifest_rows(man), ""),)))
+
+    n_ok, n_dis = len(ok), sum(r.agrees is False for r in ok)
+    stats = [("cells", len(records)), ("ok", n_ok), ("agree", n_ok - n_dis),
+             ("disagree", n_dis), ("learned", sum(bool(r.learned) for r in ok)),
+             ("unsupported", sum(r.status == Status.UNSUPPORTED for r in records)),
+             ("skipped", sum(r.status == Status.SKIPPED for r in records)),
+             ("failed", sum(map(analysis.went_wrong, records))),
+             ("findings", len(found))]
+    groups = text.summarize_findings(found)
+    headline = ("No ok cells to judge." if not ok and not found else
+                "Every ok cell agrees with the oracle; no findings." if not found else
+                f"{len(found)} finding(s) in {len(groups)} group(s): "
+                + "; ".join(g.split(", e.g.")[0] for g in groups[:3])
+                + ("; ..." if len(groups) > 3 else ""))
+    meta = (f"{man.get('created_at', '')} · seeds {text.seed_ranges(seeds)} · "
+            f"dtype {', '.join(sorted({r.dtype for r in records}))} · commit "
+            f"{(man.get('git', {}).get('commit') or 'unknown')[:12]}")
+
+    written = write_pngs(run_dir, sections)
+    write_html(run_dir, sections, stats, headline, found, meta, not found)
+    write_md(run_dir, sections, stats, headline, found, meta)
+    for stale in run_dir.glob("report-*.png"):
+        if stale.name not in written:
+            stale.unlink()
+    return run_dir / "report.html"
