@@ -229,7 +229,6 @@ def cmd_diff(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.results import RunFolderError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

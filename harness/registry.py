@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 
 from harness import contract
-from harness.contract import Backend, ContractError  # noqa: F401 - part of this API
+from harness.contract import Backend
 from harness.tasks import ARCHS, CELL_FIELDS, GATES, LEVELS
 
 # Order is presentation order: the reference first, then from concrete

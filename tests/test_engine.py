@@ -283,6 +283,18 @@ def test_gradcheck_runs_in_workers_and_survives_crashes():
     assert sum(line.startswith("numpy") and " ok" in line for line in r.stdout.splitlines()) == 3
 
 
+def test_workers_import_nothing_from_the_current_directory(tmp_path):
+    # A numpy.py where `harness run` starts must not reach the workers (the
+    # parent runs with -P, as the `harness` script does, so it is not shadowed).
+    (tmp_path / "numpy.py").write_text("raise SystemExit('the shadowing numpy.py was imported')")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-P", "-m", "harness", "run", "--backends", "numpy",
+                        *SMALL, "--gates", "and", "--out", str(out), "--no-report"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [d["status"] for d in records(out)] == ["ok"]
+
+
 def test_extra_backends_hook_parsing():
     extra, problem = registry._extra_backends("a=x.y, b = z ,")
     assert extra == {"a": "x.y", "b": "z"} and problem is None

@@ -145,3 +145,19 @@ def test_skew_is_measured_not_guessed(skewed):
     assert run_cell(cell).agrees
     assert run_cell(dataclasses.replace(cell, backend=skewed)).oracle_dev > 1e3 * tolerance("float64", cell.epochs)
 
+
+
+def test_a_disagreement_always_says_how_it_departs(skewed):
+    # float32, multi-layer: the 0.1% skew moves the final parameters out of
+    # their band while the loss curve stays inside its (wider) one.
+    from harness import analysis, text
+
+    rec = run_cell(make_cell(skewed, "raw", "multi", "and", seed=0, dtype="float32"))
+    assert rec.agrees is False and rec.first_departure is None
+    assert rec.departed == ["params_final"]
+    found = [f for f in analysis.findings([rec]) if f.kind == "disagrees with the oracle"]
+    assert len(found) == 1
+    line = text.finding_text(found[0])
+    assert "params_final left its band" in line and "loss curve within its band" in line
+    both = run_cell(make_cell(skewed, "raw", "single", "nand", seed=4))
+    assert both.departed == ["params_final", "loss_curve"] and both.first_departure == 1
