@@ -38,6 +38,8 @@ IMPORTS = ("autograd",)
 UNSUPPORTED = {
     "module": "autograd differentiates plain numpy functions and has no layer modules "
               "(no Linear/Sequential/loss objects)",
+    "custom": "autograd has no model base class to subclass: a model is a plain function "
+              "of a parameter dict",
 }
 
 

@@ -7,6 +7,10 @@
   ``F.sigmoid_cross_entropy`` summed; update written over ``model.params()``.
 * ``optimizer``: the same model with ``chainer.optimizers.SGD`` (plain
   ``param -= lr * grad``; no weight decay or momentum unless hooked in).
+* ``custom``: the notebook's user-style ``chainer.Chain`` subclasses, links
+  registered in ``init_scope()`` and the forward pass in ``__call__``,
+  trained with ``chainer.optimizers.SGD``.  Chainer is define-by-run: eager
+  is its only mode.
 
 Conventions adapted:
 
@@ -102,11 +106,44 @@ def _train_raw(chainer, spec: TrainSpec) -> TrainResult:
                        probs=np.asarray(p.array).reshape(-1))
 
 
+def _custom_classes(chainer):
+    """The notebook's user-style Chain subclasses: links registered in
+    ``init_scope``, the forward pass in ``__call__``."""
+    F, L = chainer.functions, chainer.links
+
+    class SingleLayerNet(chainer.Chain):
+        def __init__(self, n_in, W, b):
+            super().__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(n_in, 1, initialW=W.T.copy(), initial_bias=b.copy())
+
+        def __call__(self, x):
+            return self.l1(x)
+
+    class TwoLayerNet(chainer.Chain):
+        def __init__(self, n_in, hidden, W1, b1, W2, b2):
+            super().__init__()
+            with self.init_scope():
+                self.l1 = L.Linear(n_in, hidden, initialW=W1.T.copy(), initial_bias=b1.copy())
+                self.l2 = L.Linear(hidden, 1, initialW=W2.T.copy(), initial_bias=b2.copy())
+
+        def __call__(self, x):
+            return self.l2(F.sigmoid(self.l1(x)))
+
+    return SingleLayerNet, TwoLayerNet
+
+
 def _build(chainer, spec: TrainSpec):
     L = chainer.links
     n_in = spec.x.shape[1]
     p = spec.params
-    if spec.arch == "single":
+    if spec.level == "custom":
+        single, two = _custom_classes(chainer)
+        model = (single(n_in, p["W"], p["b"]) if spec.arch == "single" else
+                 two(n_in, spec.hidden, p["W1"], p["b1"], p["W2"], p["b2"]))
+        layers = [model.l1] if spec.arch == "single" else [model.l1, model.l2]
+        names = [("W", "b")] if spec.arch == "single" else [("W1", "b1"), ("W2", "b2")]
+    elif spec.arch == "single":
         layers = [L.Linear(n_in, 1, initialW=p["W"].T.copy(), initial_bias=p["b"].copy())]
         names = [("W", "b")]
         model = chainer.Sequential(*layers)
@@ -167,4 +204,5 @@ TRAINERS = {
     "raw": train_raw,
     "module": functools.partial(_train_module, use_optimizer=False),
     "optimizer": functools.partial(_train_module, use_optimizer=True),
+    "custom": functools.partial(_train_module, use_optimizer=True),
 }

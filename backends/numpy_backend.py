@@ -5,6 +5,11 @@ the frameworks hide.
 * ``module``: tiny Linear / Sigmoid / loss classes with explicit forward and
   backward methods, chained like a framework's Sequential.
 * ``optimizer``: the same modules plus a small SGD optimizer object.
+* ``custom``: a user's model class (``SingleLayerNet``, ``TwoLayerNet``)
+  subclassing the reference's own ``Model`` base, as the notebook subclasses
+  ``torch.nn.Module``: layers as attributes, ``forward`` written by the
+  user, ``backward`` walking the tape of layers the call recorded; trained
+  with the SGD object.  Eager only: there is nothing to compile.
 * ``perceptron``: Rosenblatt's rule, Heaviside step with g(0) = 0, one row at
   a time (online).  ``perceptron-batch``: the same rule summed over all rows.
 
@@ -78,7 +83,23 @@ def train_raw(spec: TrainSpec) -> TrainResult:
 
 # ------------------------------------------------------------- module level
 
-class Linear:
+# The model being called (``Model.__call__``) records each layer it runs on
+# this tape, in order, so that ``Model.backward`` can walk it back: a
+# define-by-run tape, which is what autodiff frameworks keep for you.
+_TAPE: list | None = None
+
+
+class Layer:
+    params: dict = {}
+    grads: dict = {}
+
+    def __call__(self, x):
+        if _TAPE is not None:
+            _TAPE.append(self)
+        return self.forward(x)
+
+
+class Linear(Layer):
     def __init__(self, W, b):
         self.params = {"weight": W.copy(), "bias": b.copy()}
         self.grads = {}
@@ -92,10 +113,7 @@ class Linear:
         return grad_out @ self.params["weight"].T
 
 
-class Sigmoid:
-    params: dict = {}
-    grads: dict = {}
-
+class Sigmoid(Layer):
     def forward(self, z):
         self.out = sigmoid(z)
         return self.out
@@ -120,6 +138,55 @@ class Sequential:
     def parameters(self):
         """(layer, key) pairs, so an optimizer can update each array in place."""
         return [(layer, key) for layer in self.layers for key in layer.params]
+
+
+class Model:
+    """A base class for user models, as ``torch.nn.Module`` is: a subclass
+    assigns its layers as attributes and writes ``forward``; calling the
+    model records the layers it ran, and ``backward`` back-propagates
+    through them in reverse."""
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [v for v in vars(self).values() if isinstance(v, Layer)]
+
+    def parameters(self):
+        return [(layer, key) for layer in self.layers for key in layer.params]
+
+    def __call__(self, x):
+        global _TAPE
+        _TAPE = self._tape = []
+        try:
+            return self.forward(x)
+        finally:
+            _TAPE = None
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        for layer in reversed(self._tape):
+            grad = layer.backward(grad)
+
+
+# The custom level's user-style models (the notebook's SingleLayerNN and
+# ThreeLayerNN, in the reference's own classes).
+class SingleLayerNet(Model):
+    def __init__(self, W, b):
+        self.linear1 = Linear(W, b)
+
+    def forward(self, x):
+        return self.linear1(x)
+
+
+class TwoLayerNet(Model):
+    def __init__(self, W1, b1, W2, b2):
+        self.linear1 = Linear(W1, b1)
+        self.sigmoid = Sigmoid()
+        self.linear2 = Linear(W2, b2)
+
+    def forward(self, x):
+        return self.linear2(self.sigmoid(self.linear1(x)))
 
 
 class BCEWithLogitsSum:
@@ -150,6 +217,11 @@ def _build_model(spec: TrainSpec):
     return Sequential(Linear(p["W1"], p["b1"]), Sigmoid(), Linear(p["W2"], p["b2"]))
 
 
+def _custom_model(spec: TrainSpec) -> Model:
+    net = SingleLayerNet if spec.arch == "single" else TwoLayerNet
+    return net(*spec.params.values())  # canonical order: W, b or W1, b1, W2, b2
+
+
 def _model_params(model):
     linears = [layer for layer in model.layers if isinstance(layer, Linear)]
     names = [("W", "b")] if len(linears) == 1 else [("W1", "b1"), ("W2", "b2")]
@@ -160,14 +232,20 @@ def _model_params(model):
     return out
 
 
-def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
-    model = _build_model(spec)
+def train_custom(spec: TrainSpec) -> TrainResult:
+    model = _custom_model(spec)
+    return _train_module(spec, use_optimizer=True, model=model, call=model)
+
+
+def _train_module(spec: TrainSpec, use_optimizer: bool, model=None, call=None) -> TrainResult:
+    model = model or _build_model(spec)
+    call = call or model.forward
     loss_fn = BCEWithLogitsSum()
     optimizer = SGD(model.parameters(), spec.lr) if use_optimizer else None
     start = _model_params(model)
     curve = []
     for _ in range(spec.epochs):
-        loss = loss_fn.forward(model.forward(spec.x), spec.y)
+        loss = loss_fn.forward(call(spec.x), spec.y)
         curve.append(float(loss))
         model.backward(loss_fn.backward())
         if optimizer:
@@ -175,7 +253,7 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
         else:
             for layer, key in model.parameters():
                 layer.params[key] -= spec.lr * layer.grads[key]
-    z = model.forward(spec.x)
+    z = call(spec.x)
     return TrainResult(params_start=start, params_final=_model_params(model), loss_curve=curve,
                        loss_final=float(loss_fn.forward(z, spec.y)),
                        probs=sigmoid(z).reshape(-1))
@@ -220,6 +298,7 @@ TRAINERS = {
     "raw": train_raw,
     "module": functools.partial(_train_module, use_optimizer=False),
     "optimizer": functools.partial(_train_module, use_optimizer=True),
+    "custom": train_custom,
     "perceptron": functools.partial(_train_perceptron, online=True),
     "perceptron-batch": functools.partial(_train_perceptron, online=False),
 }

@@ -9,14 +9,37 @@
 * ``optimizer``: the same model, ``model.compile(keras.optimizers.SGD(lr),
   that loss)`` and ``model.fit`` over one full, unshuffled batch per epoch
   (see below); the loss curve is ``history.history['loss']``.
+* ``custom``: user-style ``keras.Model`` subclasses (``SingleLayerNN``,
+  ``ThreeLayerNN``: layers as attributes, the forward pass in ``call``),
+  compiled and fitted like the optimizer level.  A subclassed model's
+  ``build()`` cannot infer its layers' input widths, so each layer is built
+  explicitly before the harness's values are assigned.
 
-The notebook's TensorFlow ran as a graph (``tf.Session``).  Here the raw and
-module training steps are one ``tf.function`` each (traced once per cell,
-``jit_compile=False``: no XLA), and ``model.fit`` runs Keras' own
-``tf.function`` train step with ``jit_compile=False`` (Keras' ``'auto'``
-would pick XLA on a machine with a GPU).  ``info['mode']`` records
-``'tf.function'``, or ``'eager'`` when ``tf.config.run_functions_eagerly(True)``
-is in force.
+Modes:
+
+* ``compiled`` (the default, as before modes existed): the raw and module
+  training steps are one ``tf.function`` each; ``fit`` runs Keras' own
+  ``tf.function`` train step.
+* ``eager``: the same steps as plain Python over eager tensors;
+  ``compile(run_eagerly=True)`` for ``fit``.
+* ``graph``: the notebook's TensorFlow 1, a graph of placeholders and
+  variables run in ``tf.compat.v1.Session`` (single-threaded).  Raw level:
+  the written-out loss, ``tf.gradients`` and ``assign_sub`` (the update ops
+  are built once, under a control dependency on the loss and gradients, so
+  every step reads the parameters before it moves them; the notebook built
+  new assign ops every step).  Optimizer level:
+  ``tf.compat.v1.train.GradientDescentOptimizer(lr).minimize`` of the summed
+  ``sigmoid_cross_entropy_with_logits``, on plain variables, because Keras
+  3 layers do not exist in TF1 graphs (``tf.compat.v1.layers.dense`` raises
+  "not available with Keras 3"): the module and custom levels have no graph
+  mode.
+
+In compiled mode the tf.functions are traced once per cell with
+``jit_compile=False`` (no XLA; Keras' ``'auto'`` would pick XLA on a
+machine with a GPU).  ``info['mode']`` records what really ran:
+``'tf.function'``, ``'eager'`` (also when
+``tf.config.run_functions_eagerly(True)`` is in force) or
+``'tf.compat.v1.Session'``.
 
 Conventions adapted:
 
@@ -110,9 +133,9 @@ def loss_and_grad(spec: TrainSpec):
     return float(loss), {k: _np(g) for k, g in zip(params, grads)}
 
 
-def _sgd_step(tf, variables, loss_fn, lr):
-    """One full-batch step of hand-written gradient descent, as a graph."""
-    @tf.function(jit_compile=False)
+def _sgd_step(tf, variables, loss_fn, lr, mode: str):
+    """One full-batch step of hand-written gradient descent: a tf.function
+    (compiled) or plain Python over eager tensors (eager)."""
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn()
@@ -120,25 +143,71 @@ def _sgd_step(tf, variables, loss_fn, lr):
             v.assign_sub(lr * g)
         return loss
 
-    return step
+    return tf.function(step, jit_compile=False) if mode == "compiled" else step
 
 
 def train_raw(spec: TrainSpec) -> TrainResult:
     import tensorflow as tf
 
+    if spec.mode == "graph":
+        return _train_session(tf, spec)
     params, forward, loss_of = _raw_graph(tf, spec)
-    step = _sgd_step(tf, list(params.values()), lambda: loss_of(forward()), spec.lr)
+    step = _sgd_step(tf, list(params.values()), lambda: loss_of(forward()), spec.lr, spec.mode)
     start = {k: _np(v) for k, v in params.items()}
     curve = [float(step()) for _ in range(spec.epochs)]
     p = forward()
     final = {k: _np(v) for k, v in params.items()}
-    return _result(tf, start, final, curve, float(loss_of(p)), _np(p))
+    return _result(tf, spec, start, final, curve, float(loss_of(p)), _np(p))
 
 
-def _result(tf, start, final, curve, loss, probs) -> TrainResult:
-    mode = "eager" if tf.config.functions_run_eagerly() else "tf.function"
+def _result(tf, spec, start, final, curve, loss, probs) -> TrainResult:
+    if spec.mode == "graph":
+        info = {"mode": "tf.compat.v1.Session"}
+    elif spec.mode == "compiled" and not tf.config.functions_run_eagerly():
+        info = {"mode": "tf.function", "jit_compile": False}
+    else:
+        info = {"mode": "eager"}
     return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
-                       probs=probs.reshape(-1), info={"mode": mode, "jit_compile": False})
+                       probs=probs.reshape(-1), info=info)
+
+
+def _train_session(tf, spec: TrainSpec) -> TrainResult:
+    """The notebook's TensorFlow 1: a graph of placeholders and variables run
+    in a ``tf.compat.v1.Session``.  Raw level: the written-out loss and
+    ``tf.gradients`` with ``assign_sub`` updates; optimizer level:
+    ``sigmoid_cross_entropy_with_logits`` summed and
+    ``tf.compat.v1.train.GradientDescentOptimizer(lr).minimize``."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(spec.dtype, spec.x.shape)
+        y = v1.placeholder(spec.dtype, spec.y.shape)
+        params = {k: v1.Variable(v, name=k) for k, v in spec.params.items()}
+        if spec.arch == "single":
+            z = tf.matmul(x, params["W"]) + params["b"]
+        else:
+            h = tf.sigmoid(tf.matmul(x, params["W1"]) + params["b1"])
+            z = tf.matmul(h, params["W2"]) + params["b2"]
+        p = tf.sigmoid(z)
+        if spec.level == "raw":
+            loss = -tf.reduce_sum(tf.math.log(y * p + (1 - y) * (1 - p)))
+            grads = tf.gradients(loss, list(params.values()))
+            # The loss and every gradient are read before any variable moves.
+            with tf.control_dependencies([loss, *grads]):
+                train = tf.group(*(v.assign_sub(spec.lr * g)
+                                   for v, g in zip(params.values(), grads)))
+        else:
+            loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z))
+            train = v1.train.GradientDescentOptimizer(spec.lr).minimize(loss)
+        init = v1.global_variables_initializer()
+    config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+    feed = {x: spec.x, y: spec.y}
+    with v1.Session(graph=graph, config=config) as sess:
+        sess.run(init)
+        start = sess.run(params)
+        curve = [float(sess.run([loss, train], feed)[0]) for _ in range(spec.epochs)]
+        final, loss_final, probs = sess.run([params, loss, p], feed)
+    return _result(tf, spec, start, final, curve, float(loss_final), probs)
 
 
 @contextlib.contextmanager
@@ -169,19 +238,58 @@ def full_batch(tf, spec: TrainSpec):
     return tf.data.Dataset.from_tensors((spec.x, spec.y)).repeat()
 
 
+@functools.lru_cache(maxsize=None)
+def _custom_classes():
+    """The notebook's user-style models as ``keras.Model`` subclasses (layers
+    as attributes, the forward pass in ``call``), defined once per process."""
+    import keras
+
+    def dense(units, dtype):
+        return keras.layers.Dense(units, dtype=dtype, kernel_initializer="zeros",
+                                  bias_initializer="zeros")
+
+    class SingleLayerNN(keras.Model):
+        def __init__(self, dtype):
+            super().__init__(dtype=dtype)
+            self.linear1 = dense(1, dtype)
+
+        def call(self, x):
+            return self.linear1(x)
+
+    class ThreeLayerNN(keras.Model):
+        def __init__(self, hidden, dtype):
+            super().__init__(dtype=dtype)
+            self.linear1 = dense(hidden, dtype)
+            self.linear2 = dense(1, dtype)
+
+        def call(self, x):
+            return self.linear2(keras.ops.sigmoid(self.linear1(x)))
+
+    return SingleLayerNN, ThreeLayerNN
+
+
 def _build(keras, spec: TrainSpec):
     def dense(units, **kw):
         return keras.layers.Dense(units, dtype=spec.dtype, kernel_initializer="zeros",
                                   bias_initializer="zeros", **kw)
 
     n_in = spec.x.shape[1]
-    if spec.arch == "single":
+    if spec.level == "custom":
+        single, three = _custom_classes()
+        model = single(spec.dtype) if spec.arch == "single" else three(spec.hidden, spec.dtype)
+        layers = [model.linear1] if spec.arch == "single" else [model.linear1, model.linear2]
+        # A subclassed model's build() cannot see its layers' inputs: build each.
+        for layer, width in zip(layers, (n_in, spec.hidden)):
+            layer.build((None, width))
+        names = [("W", "b")] if spec.arch == "single" else [("W1", "b1"), ("W2", "b2")]
+    elif spec.arch == "single":
         layers = [dense(1)]
         names = [("W", "b")]
     else:
         layers = [dense(spec.hidden, activation="sigmoid"), dense(1)]
         names = [("W1", "b1"), ("W2", "b2")]
-    model = keras.Sequential([keras.Input(shape=(n_in,), dtype=spec.dtype), *layers])
+    if spec.level != "custom":
+        model = keras.Sequential([keras.Input(shape=(n_in,), dtype=spec.dtype), *layers])
     for layer, (w, b) in zip(layers, names):
         layer.kernel.assign(spec.params[w])
         layer.bias.assign(spec.params[b])
@@ -200,6 +308,8 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     import keras
     import tensorflow as tf
 
+    if spec.mode == "graph":
+        return _train_session(tf, spec)
     with _floatx(keras, spec.dtype):
         return _train_keras(tf, keras, spec, use_optimizer)
 
@@ -212,20 +322,29 @@ def _train_keras(tf, keras, spec: TrainSpec, use_optimizer: bool) -> TrainResult
     start = read()
     if use_optimizer:
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr), loss=loss_fn,
-                      jit_compile=False)
+                      jit_compile=False, run_eagerly=spec.mode == "eager")
         history = model.fit(full_batch(tf, spec), epochs=spec.epochs, steps_per_epoch=1,
                             shuffle=False, verbose=0)
         curve = [float(v) for v in history.history["loss"]]
     else:
         step = _sgd_step(tf, model.trainable_variables,
-                         lambda: loss_fn(y, model(x, training=True)), spec.lr)
+                         lambda: loss_fn(y, model(x, training=True)), spec.lr, spec.mode)
         curve = [float(step()) for _ in range(spec.epochs)]
     z = model(x, training=False)
-    return _result(tf, start, read(), curve, float(loss_fn(y, z)), _np(tf.sigmoid(z)))
+    return _result(tf, spec, start, read(), curve, float(loss_fn(y, z)), _np(tf.sigmoid(z)))
 
 
 TRAINERS = {
     "raw": train_raw,
     "module": functools.partial(_train_module, use_optimizer=False),
     "optimizer": functools.partial(_train_module, use_optimizer=True),
+    "custom": functools.partial(_train_module, use_optimizer=True),
+}
+MODES = {"raw": ("compiled", "eager", "graph"), "module": ("compiled", "eager"),
+         "optimizer": ("compiled", "eager", "graph"), "custom": ("compiled", "eager")}
+MODE_GAPS = {
+    ("module", "graph"): "Keras 3 layers cannot be built into a TF1 graph "
+                         "(tf.compat.v1.layers.dense: 'not available with Keras 3')",
+    ("custom", "graph"): "a keras.Model subclass runs eagerly or as a tf.function, not in a "
+                         "TF1 graph session",
 }

@@ -7,6 +7,19 @@
   ``model.parameters()``.
 * ``optimizer``: the same model with ``torch.optim.SGD`` (momentum 0,
   dampening 0, weight decay 0, which are its defaults).
+* ``custom``: the notebook's ``nn.Module`` subclasses (``SingleLayerNN``:
+  ``linear1``; ``ThreeLayerNN``: ``linear2(linear1(x).sigmoid())``) with
+  ``torch.optim.SGD``.
+
+Modes: ``eager`` (the default) and ``compiled``: ``torch.compile`` (dynamo
++ inductor, which generates and builds C++ for the CPU, so it needs a C
+compiler) of the raw level's loss function, or of the model
+(``torch.compile(model)``) at the other levels; the backward pass is
+compiled too (AOTAutograd), the optimizer step stays eager.  The compiled
+functions take the parameters as inputs, so one compilation serves every
+cell of the same shapes and dtype in a worker (``info['recompiles']``
+counts the graphs dynamo compiled for the cell; a first compilation costs
+tens of seconds).
 
 Conventions adapted:
 
@@ -41,29 +54,41 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
 
+def _written_out(x, y, *params):
+    """(the notebook's loss, probabilities) at canonical params W, b or W1,
+    b1, W2, b2: a module-level function of its inputs only, so a compiled
+    version serves every cell of the same shapes."""
+    if len(params) == 2:
+        W, b = params
+        p = (x @ W + b).sigmoid()
+    else:
+        W1, b1, W2, b2 = params
+        h = (x @ W1 + b1).sigmoid()
+        p = (h @ W2 + b2).sigmoid()
+    return -(y * p + (1 - y) * (1 - p)).log().sum(), p
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn):
+    import torch
+    return torch.compile(fn)
+
+
 def _raw_graph(torch, spec: TrainSpec):
-    """Leaf tensors for the canonical parameters, a forward pass, the written-out loss."""
+    """Leaf tensors for the canonical parameters and the written-out loss
+    as a function of them: () -> (loss, probabilities)."""
     x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
     params = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in spec.params.items()}
-
-    def forward():
-        if spec.arch == "single":
-            return (x @ params["W"] + params["b"]).sigmoid()
-        h = (x @ params["W1"] + params["b1"]).sigmoid()
-        return (h @ params["W2"] + params["b2"]).sigmoid()
-
-    def loss_of(p):
-        return -(y * p + (1 - y) * (1 - p)).log().sum()
-
-    return params, forward, loss_of
+    fn = _compiled(_written_out) if spec.mode == "compiled" else _written_out
+    return params, lambda: fn(x, y, *params.values())
 
 
 def loss_and_grad(spec: TrainSpec):
     """The raw level's loss and autodiff gradient at ``spec.params``."""
     import torch
 
-    params, forward, loss_of = _raw_graph(torch, spec)
-    loss = loss_of(forward())
+    params, loss_of = _raw_graph(torch, spec)
+    loss, _ = loss_of()
     loss.backward()
     return loss.item(), {k: _np(v.grad) for k, v in params.items()}
 
@@ -71,12 +96,12 @@ def loss_and_grad(spec: TrainSpec):
 def train_raw(spec: TrainSpec) -> TrainResult:
     import torch
 
-    params, forward, loss_of = _raw_graph(torch, spec)
-
+    params, loss_of = _raw_graph(torch, spec)
+    counter = _Recompiles(torch)
     start = {k: _np(v) for k, v in params.items()}
     curve = []
     for _ in range(spec.epochs):
-        loss = loss_of(forward())
+        loss, _ = loss_of()
         curve.append(loss.item())
         loss.backward()
         with torch.no_grad():
@@ -84,22 +109,69 @@ def train_raw(spec: TrainSpec) -> TrainResult:
                 p -= spec.lr * p.grad
                 p.grad.zero_()
     with torch.no_grad():
-        p = forward()
-        loss = loss_of(p)
-    return _result(torch, start, {k: _np(v) for k, v in params.items()}, curve, loss, p)
+        loss, p = loss_of()
+    return _result(torch, spec, start, {k: _np(v) for k, v in params.items()}, curve, loss, p,
+                   counter)
 
 
-def _result(torch, start, final, curve, loss, probs) -> TrainResult:
+class _Recompiles:
+    """Graphs dynamo compiles from here on (0 in eager mode)."""
+
+    def __init__(self, torch):
+        from torch._dynamo.utils import counters
+        self.counters, self.start = counters, counters["stats"]["unique_graphs"]
+
+    def __call__(self) -> int:
+        return self.counters["stats"]["unique_graphs"] - self.start
+
+
+def _result(torch, spec, start, final, curve, loss, probs, counter) -> TrainResult:
+    info = {"threads": torch.get_num_threads()}
+    if spec.mode == "compiled":
+        info["recompiles"] = counter()
     return TrainResult(params_start=start, params_final=final, loss_curve=curve,
-                       loss_final=loss.item(), probs=_np(probs).reshape(-1),
-                       info={"threads": torch.get_num_threads()})
+                       loss_final=loss.item(), probs=_np(probs).reshape(-1), info=info)
+
+
+@functools.lru_cache(maxsize=None)
+def _custom_classes():
+    """The notebook's user-style models, defined once per process (a class
+    defined per cell would make torch.compile recompile per cell)."""
+    import torch
+
+    class SingleLayerNN(torch.nn.Module):
+        def __init__(self, d_in, d_out):
+            super().__init__()
+            self.linear1 = torch.nn.Linear(d_in, d_out, bias=True)
+
+        def forward(self, x):
+            return self.linear1(x)
+
+    class ThreeLayerNN(torch.nn.Module):
+        def __init__(self, d_in, d_hidden, d_out):
+            super().__init__()
+            self.linear1 = torch.nn.Linear(d_in, d_hidden, bias=True)
+            self.linear2 = torch.nn.Linear(d_hidden, d_out, bias=True)
+
+        def forward(self, x):
+            return self.linear2(self.linear1(x).sigmoid())
+
+    return SingleLayerNN, ThreeLayerNN
 
 
 def _build(torch, spec: TrainSpec):
     dtype = getattr(torch, spec.dtype)
     n_in = spec.x.shape[1]
     p = spec.params
-    if spec.arch == "single":
+    if spec.level == "custom":
+        single, three = _custom_classes()
+        if spec.arch == "single":
+            model = single(n_in, 1)
+            pairs = [(model.linear1, "W", "b")]
+        else:
+            model = three(n_in, spec.hidden, 1)
+            pairs = [(model.linear1, "W1", "b1"), (model.linear2, "W2", "b2")]
+    elif spec.arch == "single":
         model = torch.nn.Sequential(torch.nn.Linear(n_in, 1))
         pairs = [(model[0], "W", "b")]
     else:
@@ -126,13 +198,15 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     import torch
 
     model, read = _build(torch, spec)
+    call = torch.compile(model) if spec.mode == "compiled" else model
+    counter = _Recompiles(torch)
     x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr) if use_optimizer else None
     start = read()
     curve = []
     for _ in range(spec.epochs):
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(call(x), y)
         curve.append(loss.item())
         model.zero_grad()
         loss.backward()
@@ -143,13 +217,17 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
                 for param in model.parameters():
                     param -= spec.lr * param.grad
     with torch.no_grad():
-        z = model(x)
+        z = call(x)
         loss = loss_fn(z, y)
-    return _result(torch, start, read(), curve, loss, z.sigmoid())
+    return _result(torch, spec, start, read(), curve, loss, z.sigmoid(), counter)
 
 
 TRAINERS = {
     "raw": train_raw,
     "module": functools.partial(_train_module, use_optimizer=False),
     "optimizer": functools.partial(_train_module, use_optimizer=True),
+    "custom": functools.partial(_train_module, use_optimizer=True),
 }
+MODES = dict.fromkeys(TRAINERS, ("eager", "compiled"))
+MODE_GAPS = {"graph": "PyTorch has no graph-and-session mode; its compiled mode is "
+                      "torch.compile"}

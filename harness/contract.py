@@ -25,6 +25,14 @@ Required exactly when ``raw`` is in TRAINERS
 Optional
   ``ARCH_LIMITS``          {level: (archs, reason)}: a level it implements
                            for some archs only.
+  ``MODES``                {level: (mode, ...)}: the execution modes
+                           (``harness.tasks.MODES``) each trained level has,
+                           its default first; a level not named has
+                           ("eager",) only.
+  ``MODE_GAPS``            {mode or (level, mode): reason}: why a mode is
+                           missing, for every (trained level, mode) that
+                           MODES leaves out; a backend that declares no
+                           MODES gets one shared reason instead.
   ``known_departure(cell)`` -> str | None: why a cell leaves the reference
                            through a framework behaviour no adapter can
                            change without rewriting the framework's own
@@ -45,11 +53,11 @@ from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Mapping
 
-from harness.tasks import ARCHS, LEVELS, PERCEPTRON_LEVELS, TrainResult, TrainSpec
+from harness.tasks import ARCHS, LEVELS, MODES, PERCEPTRON_LEVELS, TrainResult, TrainSpec
 
 REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
-OPTIONAL = ("ARCH_LIMITS", "loss_and_grad", "known_departure")
-CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS")
+OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "loss_and_grad", "known_departure")
+CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS", "MODES", "MODE_GAPS")
 
 
 class ContractError(ValueError):
@@ -67,6 +75,9 @@ class Backend:
     # Every level of LEVELS it lacks, with the reason.
     unsupported: Mapping[str, str]
     arch_limits: Mapping[str, tuple[tuple[str, ...], str]]
+    # Every trained level's modes, default first, and why each other mode is missing.
+    modes: Mapping[str, tuple[str, ...]]
+    mode_gaps: Mapping[tuple[str, str], str]
     framework_version: Callable[[], str]
     loss_and_grad: Callable[[TrainSpec], tuple[float, dict]] | None
     known_departure: Callable[[Any], str | None] | None
@@ -76,13 +87,18 @@ class Backend:
         """The levels it implements, in LEVELS order."""
         return tuple(lv for lv in LEVELS if lv in self.trainers)
 
-    def gap(self, level: str, arch: str) -> str | None:
-        """Why it cannot run (level, arch), or None when it can."""
+    def default_mode(self, level: str) -> str:
+        return self.modes[level][0] if level in self.modes else "eager"
+
+    def gap(self, level: str, arch: str, mode: str | None = None) -> str | None:
+        """Why it cannot run (level, arch, mode), or None when it can."""
         if level not in self.trainers:
             return self.unsupported[level]
         limit = self.arch_limits.get(level)
         if limit and arch not in limit[0]:
             return limit[1]
+        if mode is not None and mode not in self.modes[level]:
+            return self.mode_gaps[(level, mode)]
         return None
 
     def train(self, spec: TrainSpec) -> TrainResult:
@@ -91,6 +107,11 @@ class Backend:
             raise TypeError(f"the {self.name} trainer of level {spec.level!r} returned "
                             f"{type(result).__name__}, not a TrainResult")
         return result
+
+
+def shared_mode_reason(name: str, mode: str) -> str:
+    return (f"{name} runs eagerly only: it has no {mode} mode" if mode != "graph" else
+            f"{name} has no graph-and-session mode (TensorFlow 1's way of running)")
 
 
 def shared_reason(name: str, level: str) -> str | None:
@@ -165,6 +186,33 @@ def check(name: str, mod: ModuleType) -> Backend:
         if (not isinstance(limit, tuple) or len(limit) != 2 or not isinstance(limit[1], str)
                 or not isinstance(limit[0], tuple) or not set(limit[0]) <= set(ARCHS)):
             raise broken(f"ARCH_LIMITS[{level!r}] must be (a tuple of archs, a reason)")
+    declared = getattr(mod, "MODES", None)
+    mode_gaps = getattr(mod, "MODE_GAPS", {})
+    if declared is not None and not isinstance(declared, dict):
+        raise broken("MODES must be a dict from level to a tuple of modes, default first")
+    if not isinstance(mode_gaps, dict):
+        raise broken("MODE_GAPS must be a dict from mode or (level, mode) to reason")
+    modes, gaps_by_mode = {}, {}
+    for level in trainers:
+        have = (declared or {}).get(level, ("eager",))
+        if (not isinstance(have, tuple) or not have or not set(have) <= set(MODES)
+                or len(set(have)) != len(have)):
+            raise broken(f"MODES[{level!r}] must be a tuple of distinct modes from "
+                         f"{', '.join(MODES)}, default first")
+        modes[level] = have
+        for mode in MODES:
+            if mode in have:
+                continue
+            reason = mode_gaps.get((level, mode)) or mode_gaps.get(mode)
+            if reason is None and declared is None:
+                reason = shared_mode_reason(name, mode)
+            if not isinstance(reason, str) or not reason.strip():
+                raise broken(f"level {level!r} lacks mode {mode!r} without a reason in "
+                             "MODE_GAPS")
+            gaps_by_mode[(level, mode)] = reason
+    for level in declared or {}:
+        if level not in trainers:
+            raise broken(f"MODES names level {level!r}, which it does not train")
     for member in ("framework_version", "loss_and_grad", "known_departure"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):
             raise broken(f"{member} is not callable")
@@ -176,6 +224,7 @@ def check(name: str, mod: ModuleType) -> Backend:
     return Backend(
         name=name, module=mod.__name__, imports=tuple(mod.IMPORTS),
         trainers=MappingProxyType(dict(trainers)), unsupported=MappingProxyType(gaps),
-        arch_limits=MappingProxyType(dict(limits)), framework_version=mod.framework_version,
+        arch_limits=MappingProxyType(dict(limits)), modes=MappingProxyType(modes),
+        mode_gaps=MappingProxyType(gaps_by_mode), framework_version=mod.framework_version,
         loss_and_grad=getattr(mod, "loss_and_grad", None),
         known_departure=getattr(mod, "known_departure", None))

@@ -25,7 +25,8 @@ from harness.tasks import CELL_FIELDS, Cell, reads_cell_fields
 #    were added later without a bump, so a schema-1 record may lack them).
 # 2: first_divergence renamed first_departure (it never meant the
 #    `diverged` status); `departed` names the bands a disagreeing cell left.
-SCHEMA_VERSION = 2
+# 3: the cell's execution `mode` (eager, compiled, graph).
+SCHEMA_VERSION = 3
 
 
 class Status(enum.StrEnum):
@@ -140,8 +141,22 @@ def _v1_to_v2(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+# What every cell ran before modes were an axis: TensorFlow's training
+# steps were tf.function (compiled); everything else, and every level a
+# backend did not train, is eager (Backend.default_mode's answer).
+_V2_COMPILED = {("tensorflow", level) for level in ("raw", "module", "optimizer")}
+
+
+def _v2_to_v3(rec: dict[str, Any]) -> dict[str, Any]:
+    if "mode" in rec:
+        return rec
+    compiled = (rec.get("backend"), rec.get("level")) in _V2_COMPILED
+    return {**rec, "mode": "compiled" if compiled else "eager"}
+
+
 # version -> function upgrading one record dict from it to version + 1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2,
+                                                                     2: _v2_to_v3}
 
 
 def upgrade(rec: dict[str, Any], version: int) -> dict[str, Any]:

@@ -109,6 +109,14 @@ class Availability:
         return self.state == "ok"
 
 
+def default_mode(name: str, level: str) -> str:
+    """The mode a backend runs a level in unless told otherwise; "eager" for
+    a name this checkout does not register (a run folder from elsewhere)."""
+    if name not in BACKENDS:
+        return "eager"
+    return backend(name).default_mode(level)
+
+
 def known_departure(cell) -> str | None:
     """Why a cell is known to depart from the reference (its backend's
     optional ``known_departure``), or None; None too for a backend this

@@ -39,12 +39,17 @@ GATES: dict[str, tuple[int, ...]] = {
     "not": (1, 0),
 }
 ARCHS = ("single", "multi")
-LEVELS = ("raw", "module", "optimizer", "perceptron", "perceptron-batch")
+LEVELS = ("raw", "module", "optimizer", "custom", "perceptron", "perceptron-batch")
 # Levels that train by gradient descent on the summed cross-entropy; the
 # perceptron levels are Rosenblatt's rule and belong to the numpy reference.
-GRADIENT_LEVELS = ("raw", "module", "optimizer")
+GRADIENT_LEVELS = ("raw", "module", "optimizer", "custom")
 PERCEPTRON_LEVELS = ("perceptron", "perceptron-batch")
 DTYPES = ("float32", "float64")
+# How the framework executes the training step: op by op (eager), traced and
+# compiled (tf.function, torch.compile, hybridize, jax.jit), or as a TF1
+# graph run in a session.  Each backend declares which of these each level
+# has and which it uses by default (harness.contract).
+MODES = ("eager", "compiled", "graph")
 INITS = ("normal", "zeros")
 
 # Gates no single threshold unit can represent: a single-layer cell that
@@ -127,7 +132,8 @@ class Cell:
     declaration of the matrix's axes (each field's ``axis`` metadata).
 
     ``epochs`` left None becomes the arch's default; ``hidden`` is None for
-    ``single``, which has no hidden layer.
+    ``single``, which has no hidden layer (and defaults to 2 for ``multi``); ``mode`` left None (or
+    "default") becomes the backend's default mode for the level.
     """
 
     backend: str = field(metadata=_axis(
@@ -159,12 +165,21 @@ class Cell:
     hidden: int | None = field(default=None, metadata=_axis(
         key="hidden", kind="int", default=DEFAULT_HIDDEN, minimum=1,
         help=f"hidden units of the multi arch (default {DEFAULT_HIDDEN})"))
+    mode: str | None = field(default=None, metadata=_axis(
+        key="modes", kind="choices", default="default", choices=("default", *MODES),
+        help="comma list of execution modes, or 'all'; 'default' (the default) is each "
+             "backend's usual mode for the level"))
 
     def __post_init__(self):
         if self.epochs is None and self.arch in DEFAULT_EPOCHS:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS[self.arch])
         if self.arch == "single":
             object.__setattr__(self, "hidden", None)
+        elif self.hidden is None:
+            object.__setattr__(self, "hidden", DEFAULT_HIDDEN)
+        if self.mode in (None, "default"):
+            from harness import registry  # the registry imports this module
+            object.__setattr__(self, "mode", registry.default_mode(self.backend, self.level))
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CELL_FIELDS}

@@ -4,7 +4,7 @@ from backends import numpy_backend
 
 NAME = "badgrad"
 IMPORTS = ("numpy",)
-UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer", "custom")}
 
 
 def framework_version():

@@ -15,4 +15,4 @@ def train(spec):
 
 loss_and_grad = train
 TRAINERS = {"raw": train}
-UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer", "custom")}

@@ -6,7 +6,7 @@ from backends import numpy_backend
 
 NAME = "skewed"
 IMPORTS = ("numpy",)
-UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer", "custom")}
 SKEW = 1.001
 
 

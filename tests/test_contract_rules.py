@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GOOD = '''
 NAME = "mine"
 IMPORTS = ("numpy",)
-UNSUPPORTED = {"module": "no modules", "optimizer": "no optimizer"}
+UNSUPPORTED = {"module": "no modules", "optimizer": "no optimizer", "custom": "no classes"}
 
 
 def framework_version():

@@ -36,11 +36,16 @@ def harness(*args, cwd=ROOT):
                           text=True, cwd=cwd, env=env, timeout=900)
 
 
+# The levels there were when the folder was written (`all` meant these).
+SCHEMA1_LEVELS = "raw,module,optimizer,perceptron,perceptron-batch"
+
+
 def run_args(man):
-    """The `harness run` arguments of a manifest's command, without --out."""
+    """The `harness run` arguments of a manifest's command, without --out,
+    with the levels it ran spelled out."""
     args = man["command"][man["command"].index("run") + 1:]
     i = args.index("--out")
-    return args[:i] + args[i + 2:]
+    return args[:i] + args[i + 2:] + ["--levels", SCHEMA1_LEVELS]
 
 
 def require_all():

@@ -98,7 +98,7 @@ def record_from_result(cell: Cell, version: str | None, result: TrainResult,
 
 def unsupported(cell: Cell, version: str | None = None) -> Record | None:
     """The `unsupported` record of a cell its backend cannot run, else None."""
-    reason = registry.backend(cell.backend).gap(cell.level, cell.arch)
+    reason = registry.backend(cell.backend).gap(cell.level, cell.arch, cell.mode)
     return (Record.for_cell(cell, Status.UNSUPPORTED, reason, backend_version=version)
             if reason else None)
 
