@@ -11,8 +11,8 @@ computed once whichever of them shows it.
 * Verdicts come from ``harness.oracle`` (judged in the workers, or by the
   loader for records written before verdicts existed); ``verdict_rows``
   tallies them per backend x level.
-* Level agreement: within one backend, the gradient levels (raw, module,
-  optimizer) of the same cell must give the same params_final, to
+* Level agreement: within one backend and mode, the gradient levels (raw,
+  module, optimizer, custom) of the same cell must give the same params_final, to
   ``harness.compare.tolerance``.
 * Convergence, per backend x level x arch x gate over seeds: the fraction of
   seeds learned with a 95% Wilson interval, and the median ``learned_epoch``
@@ -20,6 +20,10 @@ computed once whichever of them shows it.
   learned cells that agree with the oracle.  Because every backend starts
   from the same parameters, a backend whose learned set differs from the
   oracle's is named.
+* Modes ("does compiling change the numbers?"): per backend, dtype and
+  mode, every cell run in that mode and in eager: the largest deviation of
+  params_final from eager, how many are bit-identical (final parameters
+  and loss curve), and the median time per epoch of each mode.
 * Findings: disagreements, errors, levels that disagree, learned sets that
   differ, and single-layer xor/xnor learned (no threshold unit can represent
   them, so a cell that learns one is a finding, not a success).
@@ -35,7 +39,7 @@ from harness import oracle, registry
 from harness.compare import relative_deviation, tolerance
 from harness.records import Record, Status
 from harness.registry import cell_order
-from harness.tasks import GRADIENT_LEVELS, NOT_LINEARLY_SEPARABLE
+from harness.tasks import CELL_FIELDS, GRADIENT_LEVELS, NOT_LINEARLY_SEPARABLE
 
 Z95 = 1.959963984540054
 
@@ -48,6 +52,47 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class ModeComparison:
+    backend: str
+    dtype: str
+    mode: str  # compared with eager
+    cells: int
+    identical: int  # params_final and loss curve bit-identical to eager
+    worst_dev: float  # largest relative_deviation of params_final from eager
+    # Median seconds per epoch over these cells, in this mode and in eager.
+    epoch_seconds: float
+    eager_epoch_seconds: float
+
+
+def mode_comparison(records: list[Record]) -> list[ModeComparison]:
+    """Each non-eager mode against eager, for cells that ran ok in both."""
+    by_cell: dict[tuple, dict[str, Record]] = {}
+    for r in records:
+        if r.status == Status.OK:
+            key = tuple(getattr(r.cell, f) for f in CELL_FIELDS if f != "mode")
+            by_cell.setdefault(key, {})[r.mode] = r
+    groups: dict[tuple, list[tuple[Record, Record]]] = {}
+    for modes in by_cell.values():
+        eager = modes.get("eager")
+        for mode, r in modes.items():
+            if eager is not None and mode != "eager":
+                groups.setdefault((r.backend, r.dtype, mode), []).append((r, eager))
+    out = []
+    for (backend, dtype, mode), pairs in groups.items():
+        devs = [relative_deviation(r.params_final, e.params_final) for r, e in pairs]
+        same = sum(r.params_final == e.params_final and r.loss_curve == e.loss_curve
+                   for r, e in pairs)
+        per_epoch = [(r.seconds or 0.0) / r.epochs for r, _ in pairs]
+        eager_per_epoch = [(e.seconds or 0.0) / e.epochs for _, e in pairs]
+        out.append(ModeComparison(backend, dtype, mode, len(pairs), same, max(devs),
+                                  statistics.median(per_epoch),
+                                  statistics.median(eager_per_epoch)))
+    order = list(registry.BACKENDS)
+    return sorted(out, key=lambda m: (order.index(m.backend) if m.backend in order else len(order),
+                                      m.backend, m.dtype, m.mode))
 
 
 def label(rec) -> str:
@@ -93,8 +138,8 @@ def level_agreement(records: list[Record]
     groups: dict[tuple, list[Record]] = {}
     for r in sorted(records, key=cell_order):
         if r.status == Status.OK and r.level in GRADIENT_LEVELS:
-            key = (r.backend, r.arch, r.gate, r.seed, r.dtype, r.init, r.init_scale, r.lr,
-                   r.epochs, r.hidden)
+            # The same cell but for its level (modes compare among themselves).
+            key = tuple(getattr(r.cell, f) for f in CELL_FIELDS if f != "level")
             groups.setdefault(key, []).append(r)
     tally: dict[str, list[int]] = {}
     mismatches = []

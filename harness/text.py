@@ -208,10 +208,25 @@ def verdict_summary(records: list[Record]) -> str:
         lines += ["convergence over seeds (oracle): learned/n [95% interval] @median epoch "
                   "every row first came out right",
                   format_table(header, rows)]
+    modes = analysis.mode_comparison(records)
+    if modes:
+        lines += ["does compiling change the numbers? each mode against eager, same cells:",
+                  format_table(*mode_rows(modes))]
     found = analysis.findings(records, conv, mismatches)
     lines.append(f"findings: {len(found)}" if found else "findings: none")
     lines += [f"  {line}" for line in summarize_findings(found)]
     return "\n".join(lines)
+
+
+MODE_HEADER = ["backend", "dtype", "mode", "cells", "bit-identical", "worst dev",
+               "ms/epoch", "eager ms/epoch"]
+
+
+def mode_rows(modes: list[analysis.ModeComparison]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the mode comparison (compiled or graph vs eager)."""
+    return MODE_HEADER, [[m.backend, m.dtype, m.mode, str(m.cells), f"{m.identical}/{m.cells}",
+                          _num(m.worst_dev), f"{1e3 * m.epoch_seconds:.3f}",
+                          f"{1e3 * m.eager_epoch_seconds:.3f}"] for m in modes]
 
 
 # ------------------------------------------------------------ gradient check

@@ -99,6 +99,16 @@ def write_report(run_dir) -> Path:
             ((header, orows, ""),
              (CONV_HEADER, [convergence_row(c) for c in conv if c.backend != "oracle"],
               "every backend x level x arch x gate"))))
+    modes = analysis.mode_comparison(records)
+    if modes:
+        sections.append(Section(
+            "Does compiling change the numbers?",
+            "Every cell that ran in a compiled or graph mode and eagerly, compared: the largest "
+            "deviation of params_final from the eager run, how many are bit-identical (final "
+            "parameters and loss curve), and the median training time per epoch of each "
+            "(compiling pays off only when a step costs more than the tracing and dispatch "
+            "it saves; these networks are tiny).",
+            tables=(text.mode_rows(modes) + ("",),)))
     status_header, by_status = status_rows(records)
     sections.append(Section("Cells by status", tables=((status_header, by_status, ""),)))
     sections.append(Section("Manifest", tables=((["key", "value"], manifest_rows(man), ""),)))

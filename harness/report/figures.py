@@ -142,7 +142,7 @@ def fig_deviation(plt, grid: Grid):
 
 # -------------------------------------------------------------- loss curves
 
-LEVEL_STYLES = {"raw": "-", "module": "--", "optimizer": ":"}
+LEVEL_STYLES = {"raw": "-", "module": "--", "optimizer": ":", "custom": "-."}
 
 
 def _colours(plt, records):
