@@ -40,6 +40,13 @@ def applicable(backend: str, levels=None) -> list[tuple[str, str]]:
             if (levels is None or level in levels) and spec.gap(level, arch) is None]
 
 
+def applicable_modes(backend: str) -> list[tuple[str, str, str]]:
+    """(level, arch, mode) for every mode a backend declares, default first."""
+    spec = registry.backend(backend)
+    return [(level, arch, mode) for level, arch in applicable(backend)
+            for mode in spec.modes[level]]
+
+
 @functools.lru_cache(maxsize=None)
 def cached_run(cell: Cell):
     """Cells are pure functions of their spec: run each one once per session."""
