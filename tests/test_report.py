@@ -158,3 +158,28 @@ def test_report_modules_import_no_framework():
     r = harness(code=code)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
+
+
+def test_mode_comparison_at_float32(tmp_path):
+    # "Does compiling change the numbers?": in the summary and the report.
+    pytest.importorskip("matplotlib")
+    from conftest import require
+
+    require("mxnet")
+    require("tensorflow")
+    out = tmp_path / "run"
+    r = harness("run", "--backends", "mxnet,tensorflow", "--levels", "optimizer", "--archs",
+                "single", "--gates", "and,xor", "--modes", "eager,compiled,graph", "--dtype",
+                "float32", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "does compiling change the numbers?" in r.stdout
+    md = (out / "report.md").read_text()
+    assert "## Does compiling change the numbers?" in md
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in md.splitlines()
+            if line.startswith("| mxnet |") or line.startswith("| tensorflow |")}
+    # Hybridized Gluon is bit-identical to imperative Gluon; TF's modes are compared too.
+    assert "| 2/2 | 0.0e+00 |" in rows[("mxnet", "float32", "compiled")]
+    assert ("tensorflow", "float32", "compiled") in rows and ("tensorflow", "float32", "graph") in rows
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {(d["backend"], d["mode"], d["status"]) for d in recs} >= {
+        ("mxnet", "graph", "unsupported"), ("tensorflow", "graph", "ok")}
