@@ -41,7 +41,8 @@ machine with a GPU).  ``info['mode']`` records what really ran:
 ``tf.config.run_functions_eagerly(True)`` is in force) or
 ``'tf.compat.v1.Session'``.
 
-Conventions adapted:
+Conventions adapted (the Keras code, and its conventions, are shared with
+the keras-jax and keras-torch rows: backends/keras_common.py):
 
 * ``Dense`` stores its kernel as (in, out), like the canonical W: loaded and
   read back without transposing.  Layers are created with ``'zeros'``
@@ -83,11 +84,11 @@ Conventions adapted:
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
 
+from backends import keras_common
 from harness.tasks import TrainResult, TrainSpec
 
 NAME = "tensorflow"
@@ -210,98 +211,35 @@ def _train_session(tf, spec: TrainSpec) -> TrainResult:
     return _result(tf, spec, start, final, curve, float(loss_final), probs)
 
 
-@contextlib.contextmanager
-def _floatx(keras, dtype: str):
-    """Keras' float defaults set to ``dtype`` inside, restored exactly on exit.
-
-    Besides floatx, the global dtype policy: it is unset until something asks
-    for it, and then ``keras.config.dtype_policy()`` stores
-    ``DTypePolicy(floatx())`` for good, so asking inside would leave the
-    cell's dtype behind as every later layer's default.  Inside it is unset
-    (it follows floatx, even if the caller had set one); on exit it is put
-    back as it was, unset or not.
-    """
-    from keras.src.backend.common import global_state  # no public way to unset it
-
-    saved = keras.config.floatx(), global_state.get_global_attribute("dtype_policy")
-    keras.config.set_floatx(dtype)
-    global_state.set_global_attribute("dtype_policy", None)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(saved[0])
-        global_state.set_global_attribute("dtype_policy", saved[1])
-
-
 def full_batch(tf, spec: TrainSpec):
     """Every row, unshuffled, as one batch per epoch (see the docstring)."""
     return tf.data.Dataset.from_tensors((spec.x, spec.y)).repeat()
 
 
-@functools.lru_cache(maxsize=None)
-def _custom_classes():
-    """The notebook's user-style models as ``keras.Model`` subclasses (layers
-    as attributes, the forward pass in ``call``), defined once per process."""
-    import keras
+def _hand_train(model, loss_fn, x, y, spec: TrainSpec) -> list[float]:
+    import tensorflow as tf
 
-    def dense(units, dtype):
-        return keras.layers.Dense(units, dtype=dtype, kernel_initializer="zeros",
-                                  bias_initializer="zeros")
-
-    class SingleLayerNN(keras.Model):
-        def __init__(self, dtype):
-            super().__init__(dtype=dtype)
-            self.linear1 = dense(1, dtype)
-
-        def call(self, x):
-            return self.linear1(x)
-
-    class ThreeLayerNN(keras.Model):
-        def __init__(self, hidden, dtype):
-            super().__init__(dtype=dtype)
-            self.linear1 = dense(hidden, dtype)
-            self.linear2 = dense(1, dtype)
-
-        def call(self, x):
-            return self.linear2(keras.ops.sigmoid(self.linear1(x)))
-
-    return SingleLayerNN, ThreeLayerNN
+    step = _sgd_step(tf, model.trainable_variables,
+                     lambda: loss_fn(y, model(x, training=True)), spec.lr, spec.mode)
+    return [float(step()) for _ in range(spec.epochs)]
 
 
-def _build(keras, spec: TrainSpec):
-    def dense(units, **kw):
-        return keras.layers.Dense(units, dtype=spec.dtype, kernel_initializer="zeros",
-                                  bias_initializer="zeros", **kw)
+def _info(spec: TrainSpec) -> dict:
+    import tensorflow as tf
 
-    n_in = spec.x.shape[1]
-    if spec.level == "custom":
-        single, three = _custom_classes()
-        model = single(spec.dtype) if spec.arch == "single" else three(spec.hidden, spec.dtype)
-        layers = [model.linear1] if spec.arch == "single" else [model.linear1, model.linear2]
-        # A subclassed model's build() cannot see its layers' inputs: build each.
-        for layer, width in zip(layers, (n_in, spec.hidden)):
-            layer.build((None, width))
-        names = [("W", "b")] if spec.arch == "single" else [("W1", "b1"), ("W2", "b2")]
-    elif spec.arch == "single":
-        layers = [dense(1)]
-        names = [("W", "b")]
-    else:
-        layers = [dense(spec.hidden, activation="sigmoid"), dense(1)]
-        names = [("W1", "b1"), ("W2", "b2")]
-    if spec.level != "custom":
-        model = keras.Sequential([keras.Input(shape=(n_in,), dtype=spec.dtype), *layers])
-    for layer, (w, b) in zip(layers, names):
-        layer.kernel.assign(spec.params[w])
-        layer.bias.assign(spec.params[b])
+    if spec.mode == "compiled" and not tf.config.functions_run_eagerly():
+        return {"mode": "tf.function", "jit_compile": False}
+    return {"mode": "eager"}
 
-    def read():
-        out = {}
-        for layer, (w, b) in zip(layers, names):
-            out[w] = _np(layer.kernel)
-            out[b] = _np(layer.bias)
-        return out
 
-    return model, read
+def _fit_data(spec: TrainSpec) -> dict:
+    import tensorflow as tf
+    return {"x": full_batch(tf, spec), "steps_per_epoch": 1}
+
+
+# Keras on TensorFlow: compiled is a tf.function without XLA.
+ROW = keras_common.KerasRow(hand_train=_hand_train, fit_data=_fit_data,
+                            jit_compile=lambda mode: False, info=_info)
 
 
 def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
@@ -310,28 +248,10 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
 
     if spec.mode == "graph":
         return _train_session(tf, spec)
-    with _floatx(keras, spec.dtype):
-        return _train_keras(tf, keras, spec, use_optimizer)
-
-
-def _train_keras(tf, keras, spec: TrainSpec, use_optimizer: bool) -> TrainResult:
-    model, read = _build(keras, spec)
-    x, y = tf.constant(spec.x), tf.constant(spec.y)
-    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
-                                              dtype=spec.dtype)
-    start = read()
-    if use_optimizer:
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr), loss=loss_fn,
-                      jit_compile=False, run_eagerly=spec.mode == "eager")
-        history = model.fit(full_batch(tf, spec), epochs=spec.epochs, steps_per_epoch=1,
-                            shuffle=False, verbose=0)
-        curve = [float(v) for v in history.history["loss"]]
-    else:
-        step = _sgd_step(tf, model.trainable_variables,
-                         lambda: loss_fn(y, model(x, training=True)), spec.lr, spec.mode)
-        curve = [float(step()) for _ in range(spec.epochs)]
-    z = model(x, training=False)
-    return _result(tf, spec, start, read(), curve, float(loss_fn(y, z)), _np(tf.sigmoid(z)))
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"Keras runs on {keras.backend.backend()!r} in this process "
+                           "(KERAS_BACKEND); the tensorflow row needs Keras on TensorFlow")
+    return keras_common.train(spec, use_optimizer, ROW)
 
 
 TRAINERS = {

@@ -29,6 +29,10 @@ Optional
                            (``harness.tasks.MODES``) each trained level has,
                            its default first; a level not named has
                            ("eager",) only.
+  ``ENV``                  {variable: value}: environment its worker sets
+                           before importing the framework (JAX's float64
+                           switch, Keras' backend choice).  Such a backend
+                           runs only in a worker process of its own.
   ``MODE_GAPS``            {mode or (level, mode): reason}: why a mode is
                            missing, for every (trained level, mode) that
                            MODES leaves out; a backend that declares no
@@ -56,8 +60,9 @@ from typing import Any, Callable, Mapping
 from harness.tasks import ARCHS, LEVELS, MODES, PERCEPTRON_LEVELS, TrainResult, TrainSpec
 
 REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
-OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "loss_and_grad", "known_departure")
-CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS", "MODES", "MODE_GAPS")
+OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "loss_and_grad", "known_departure")
+CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS", "MODES", "MODE_GAPS",
+             "ENV")
 
 
 class ContractError(ValueError):
@@ -78,6 +83,7 @@ class Backend:
     # Every trained level's modes, default first, and why each other mode is missing.
     modes: Mapping[str, tuple[str, ...]]
     mode_gaps: Mapping[tuple[str, str], str]
+    env: Mapping[str, str]
     framework_version: Callable[[], str]
     loss_and_grad: Callable[[TrainSpec], tuple[float, dict]] | None
     known_departure: Callable[[Any], str | None] | None
@@ -186,6 +192,10 @@ def check(name: str, mod: ModuleType) -> Backend:
         if (not isinstance(limit, tuple) or len(limit) != 2 or not isinstance(limit[1], str)
                 or not isinstance(limit[0], tuple) or not set(limit[0]) <= set(ARCHS)):
             raise broken(f"ARCH_LIMITS[{level!r}] must be (a tuple of archs, a reason)")
+    env = getattr(mod, "ENV", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise broken("ENV must be a dict of environment variable names to string values")
     declared = getattr(mod, "MODES", None)
     mode_gaps = getattr(mod, "MODE_GAPS", {})
     if declared is not None and not isinstance(declared, dict):
@@ -225,6 +235,7 @@ def check(name: str, mod: ModuleType) -> Backend:
         name=name, module=mod.__name__, imports=tuple(mod.IMPORTS),
         trainers=MappingProxyType(dict(trainers)), unsupported=MappingProxyType(gaps),
         arch_limits=MappingProxyType(dict(limits)), modes=MappingProxyType(modes),
-        mode_gaps=MappingProxyType(gaps_by_mode), framework_version=mod.framework_version,
+        mode_gaps=MappingProxyType(gaps_by_mode), env=MappingProxyType(dict(env)),
+        framework_version=mod.framework_version,
         loss_and_grad=getattr(mod, "loss_and_grad", None),
         known_departure=getattr(mod, "known_departure", None))

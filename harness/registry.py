@@ -26,7 +26,8 @@ from harness.contract import Backend
 from harness.tasks import ARCHS, CELL_FIELDS, GATES, LEVELS
 
 # Order is presentation order: the reference first, then from concrete
-# (autograd) to the frameworks with layer modules.
+# (autograd) to the frameworks with layer modules, then the frameworks people
+# port to (JAX, and Keras 3 on its other backends).
 BACKENDS: dict[str, str] = {
     "numpy": "backends.numpy_backend",
     "autograd": "backends.autograd_backend",
@@ -34,6 +35,9 @@ BACKENDS: dict[str, str] = {
     "tensorflow": "backends.tensorflow_backend",
     "mxnet": "backends.mxnet_backend",
     "chainer": "backends.chainer_backend",
+    "jax": "backends.jax_backend",
+    "keras-jax": "backends.keras_jax_backend",
+    "keras-torch": "backends.keras_torch_backend",
 }
 EXTRA_BACKENDS_VAR = "HARNESS_EXTRA_BACKENDS"
 

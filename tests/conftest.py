@@ -1,10 +1,14 @@
+import atexit
 import functools
+import select
+import time
 
 import pytest
 
 from harness import registry
 from harness.execution import engine
 from harness.execution.child import run_cell
+from harness.records import Record
 from harness.tasks import ARCHS, DEFAULT_EPOCHS, Cell
 
 
@@ -24,6 +28,17 @@ def require(name: str) -> registry.Availability:
     a = availability(name)
     if not a.ok:
         pytest.skip(f"{name} {a.state}: {a.detail}")
+    return a
+
+
+def require_in_process(name: str) -> registry.Availability:
+    """``require``, and skip a backend that must run in its own worker (it
+    sets environment variables before importing its framework)."""
+    a = require(name)
+    env = registry.backend(name).env
+    if env:
+        pytest.skip(f"{name} runs only in its own worker process (it sets "
+                    f"{', '.join(env)} before import); its cells are checked there")
     return a
 
 
@@ -47,7 +62,52 @@ def applicable_modes(backend: str) -> list[tuple[str, str, str]]:
             for mode in spec.modes[level]]
 
 
+# Long-lived workers for backends that set their environment before import
+# (harness.contract ENV: JAX's x64, Keras' backend): they cannot share the
+# test process with the other frameworks.
+_WORKERS: dict[str, engine.Worker] = {}
+
+
+def _answer(w: engine.Worker, timeout: float = 900) -> dict | None:
+    """The worker's next answer, or None once its hello has arrived."""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([w.fd], [], [], left)[0]:
+            raise TimeoutError(f"{w.backend} worker did not answer in {timeout} s")
+        msgs = w.read()
+        if msgs is None:
+            raise RuntimeError(f"{w.backend} worker died: {w.death()} {w.stderr_lines()[-5:]}")
+        if msgs:
+            return msgs[0]
+        if w.hello is not None and w.task is None:
+            return None
+
+
+def run_in_worker(cell: Cell):
+    w = _WORKERS.get(cell.backend)
+    if w is None or w.proc.poll() is not None:
+        w = _WORKERS[cell.backend] = engine.Worker(cell.backend)
+        _answer(w)  # its hello
+    w.task = cell  # marks a request in flight
+    w.send({"cell": cell.to_dict()})
+    answer = None
+    while answer is None:
+        answer = _answer(w)
+    w.task = None
+    return Record.from_dict(answer["record"])
+
+
+@atexit.register
+def _stop_workers():
+    for w in _WORKERS.values():
+        w.kill()
+
+
 @functools.lru_cache(maxsize=None)
 def cached_run(cell: Cell):
-    """Cells are pure functions of their spec: run each one once per session."""
+    """Cells are pure functions of their spec: run each one once per session
+    (in this process, or in the backend's own worker when it needs one)."""
+    if cell.backend in registry.BACKENDS and registry.backend(cell.backend).env:
+        return run_in_worker(cell)
     return run_cell(cell, availability(cell.backend).version)

@@ -40,8 +40,11 @@ def test_known_departures_are_exactly_gluons_loss_at_zero():
     known = {(b, lv, init) for b in registry.BACKENDS for lv in GRADIENT_LEVELS
              for init in ("normal", "zeros")
              if registry.known_departure(make_cell(b, lv, "single", "and", init=init))}
+    # ... and, at float64, Keras 3 on torch computing float64 matmuls in float32.
+    torch_keras = {("keras-torch", lv, init) for lv in GRADIENT_LEVELS
+                   for init in ("normal", "zeros")}
     assert known == {("mxnet", "module", "zeros"), ("mxnet", "optimizer", "zeros"),
-                     ("mxnet", "custom", "zeros")}
+                     ("mxnet", "custom", "zeros"), *torch_keras}
 
 
 def supported(backend, levels):
@@ -65,8 +68,10 @@ def test_float64_agrees_with_reference(backend, variant):
             ref = cached_run(make_cell("numpy", "raw", arch, gate, seed=seed, init=init))
             rec = cached_run(make_cell(backend, level, arch, gate, seed=seed, init=init))
             if registry.known_departure(rec.cell):
-                # Those cells leave the reference, and must be seen to.
-                assert relative_deviation(rec.params_final, ref.params_final) > 1e-6
+                # May leave the reference (a zero start that stays at its
+                # stationary point does not); the contract suite's strict
+                # expected failures check that the departure is real.
+                continue
             else:
                 assert_matches_reference(rec, ref)
 
@@ -109,10 +114,13 @@ def test_float64_lr_not_representable_in_float32(backend):
         if arch != "single":
             continue
         rec = cached_run(make_cell(backend, level, arch, "xor", seed=1, lr=0.1))
+        if "lr_applied" not in rec.info and registry.known_departure(rec.cell):
+            assert not rec.agrees  # a departure that is not about the learning rate
+            continue
         lr_used = rec.info.get("lr_applied", 0.1)
         ref = cached_run(make_cell("numpy", "raw", arch, "xor", seed=1, lr=lr_used))
         assert_matches_reference(rec, ref)
-        if (backend, level) == ("mxnet", "optimizer"):
+        if backend == "mxnet" and level in ("optimizer", "custom"):
             assert lr_used == float(np.float32(0.1)) != 0.1
         else:
             assert lr_used == 0.1

@@ -7,14 +7,14 @@ from harness.compare import relative_deviation, tolerance
 from harness.execution.child import run_cell
 from harness.tasks import TrainSpec
 
-from conftest import applicable, cached_run, make_cell, require
+from conftest import applicable, cached_run, make_cell, require, require_in_process
 
 
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
 def test_a_float64_cell_leaves_nothing_behind(backend):
     # Same float32 cell before and after float64 cells of every level, in one
     # process: bit-identical, so no default dtype or other setting leaked.
-    require(backend)
+    require_in_process(backend)
     spec = registry.backend(backend)
     levels = [lv for lv, arch in applicable(backend) if arch == "single"]
     cell32 = make_cell(backend, levels[-1], "single", "or", seed=6, dtype="float32", epochs=20)
@@ -61,14 +61,15 @@ def test_keras_fit_on_a_repeated_dataset_is_fit_on_arrays(arch, gate):
     import keras
     import tensorflow as tf
 
+    from backends import keras_common
     from backends import tensorflow_backend as tfb
 
     spec = TrainSpec.from_cell(make_cell("tensorflow", "optimizer", arch, gate, epochs=40))
     results = []
-    with tfb._floatx(keras, spec.dtype):
+    with keras_common.floatx(keras, spec.dtype):
         for data in ({"x": spec.x, "y": spec.y, "batch_size": len(spec.x)},
                      {"x": tfb.full_batch(tf, spec), "steps_per_epoch": 1}):
-            model, read = tfb._build(keras, spec)
+            model, read = keras_common.build(keras, spec)
             model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr),
                           loss=keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
                                                                dtype=spec.dtype),
@@ -147,7 +148,7 @@ def test_mxnet_from_zeros_is_gradient_descent_with_that_gradient(level):
 @pytest.mark.parametrize("backend", [b for b in registry.BACKENDS
                                      if "raw" in registry.backend(b).levels])
 def test_raw_loss_and_grad_is_the_hand_derived_one(backend):
-    require(backend)
+    require_in_process(backend)
     from backends import numpy_backend
 
     mod = registry.backend(backend)

@@ -27,6 +27,13 @@ from harness.tasks import GATES, GRADIENT_LEVELS, NOT_LINEARLY_SEPARABLE, init_p
 from conftest import applicable_modes, cached_run, make_cell, require
 
 LINEAR_GATES = ("and", "or", "nand", "nor", "not")
+# Multi-layer cells (1000 steps) sample the gates: one linear, the one a
+# hidden layer is for, and the one-input table.
+MULTI_GATES = ("and", "xor", "not")
+
+
+def gates(arch):
+    return tuple(GATES) if arch == "single" else MULTI_GATES
 # A seed whose float64 and float32 reference learns xor with 2 hidden units.
 XOR_SEED = 0
 
@@ -53,7 +60,7 @@ class Check:
 
 
 def check_well_formed_records(backend, level, arch, mode):
-    for gate in GATES:
+    for gate in gates(arch):
         rec = cached_run(make_cell(backend, level, arch, gate))
         assert rec.status == "ok", (gate, rec.message)
         rows = len(GATES[gate])
@@ -78,7 +85,7 @@ def check_initial_params_are_the_harness(backend, level, arch, mode):
 
 
 def check_float64_matches_reference(backend, level, arch, mode):
-    for gate in GATES:
+    for gate in gates(arch):
         rec = cached_run(make_cell(backend, level, arch, gate))
         for ref_level in GRADIENT_LEVELS:
             ref = cached_run(make_cell("numpy", ref_level, arch, gate))
@@ -117,16 +124,20 @@ def check_notebook_nand(backend, level, arch, mode):
     np.testing.assert_allclose(np.ravel(rec.params_final["W"]), [NOTEBOOK_NAND_W] * 2, atol=5e-9)
     np.testing.assert_allclose(rec.params_final["b"], [NOTEBOOK_NAND_B], atol=5e-9)
     np.testing.assert_allclose(rec.probs, NOTEBOOK_NAND_PROBS, atol=5e-9)
+    assert rec.agrees, (rec.oracle_dev, rec.departed)  # and the whole trajectory
+
+
+def mode_cell(backend, level, arch, mode, dtype="float64"):
+    # Short runs: eager Keras and eager JAX cost 15-40 ms per epoch.
+    return make_cell(backend, level, arch, "xor", seed=1, dtype=dtype, mode=mode,
+                     epochs=100 if arch == "single" else 150)
 
 
 def check_mode_agrees_with_oracle(backend, level, arch, mode):
-    # Shorter multi-layer runs: eager Keras costs ~15 ms per epoch.
-    epochs = 100 if arch == "single" else 300
-    for gate, dtype in (("xor", "float64"), ("nand", "float64"), ("xor", "float32")):
-        rec = cached_run(make_cell(backend, level, arch, gate, seed=1, dtype=dtype, mode=mode,
-                                   epochs=epochs))
+    for dtype in ("float64", "float32"):
+        rec = cached_run(mode_cell(backend, level, arch, mode, dtype))
         assert rec.status == "ok" and rec.mode == mode, rec.message
-        assert rec.agrees, (gate, dtype, rec.oracle_dev, rec.departed)
+        assert rec.agrees, (dtype, rec.oracle_dev, rec.departed)
 
 
 def _gradient(level, arch):
@@ -136,14 +147,15 @@ def _gradient(level, arch):
 CHECKS = [
     Check(check_well_formed_records),
     Check(check_initial_params_are_the_harness),
-    Check(check_float64_matches_reference, _gradient),
+    Check(check_float64_matches_reference, _gradient,
+          lambda b, lv, a, m: make_cell(b, lv, a, "and")),
     Check(check_zero_start_agrees_with_oracle, _gradient,
           lambda b, lv, a, m: make_cell(b, lv, a, "nand", init="zeros")),
     Check(check_single_learns_linear_gates, lambda level, arch: arch == "single"),
     Check(check_multi_learns_xor, lambda level, arch: arch == "multi" and _gradient(level, arch)),
     Check(check_notebook_nand, lambda level, arch: arch == "single" and _gradient(level, arch),
           nand_cell, modes="all"),
-    Check(check_mode_agrees_with_oracle, _gradient, modes="others"),
+    Check(check_mode_agrees_with_oracle, _gradient, mode_cell, modes="others"),
 ]
 
 
@@ -181,7 +193,9 @@ def test_known_departures_are_expected_failures():
     assert {"mxnet-module-single-eager-zero_start_agrees_with_oracle",
             "mxnet-optimizer-multi-eager-zero_start_agrees_with_oracle",
             "mxnet-custom-single-compiled-notebook_nand"} <= marked
-    assert all(i.startswith("mxnet-") for i in marked)
+    # Gluon's loss at a zero logit; Keras 3 computing float64 in float32 off TensorFlow.
+    assert all(i.startswith(("mxnet-", "keras-torch-", "keras-jax-")) for i in marked)
+    assert not any(i.startswith("keras-jax-") and "-compiled-" in i for i in marked)
 
 
 def test_every_mode_and_the_custom_level_are_covered():

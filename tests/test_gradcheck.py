@@ -6,12 +6,12 @@ import pytest
 from harness import cli, gradcheck, registry
 from harness.compare import tolerance
 
-from conftest import require
+from conftest import require, require_in_process
 
 
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
 def test_notebook_numbers_in_every_backend(backend):
-    require(backend)
+    require_in_process(backend)
     mod = registry.backend(backend)
     if mod.loss_and_grad is None:
         pytest.skip(f"{backend} has no raw level")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import time
 import traceback
 
@@ -30,6 +31,8 @@ def import_framework(name: str) -> Availability:
     ``broken``: importing it raised anything else, reported with its type.
     """
     spec = registry.backend(name)
+    # A worker serves one backend, so its process environment is the backend's.
+    os.environ.update(spec.env)
     try:
         for module in spec.imports:
             importlib.import_module(module)
@@ -120,11 +123,16 @@ def run_cell(cell: Cell, version: str | None = None) -> Record:
         if len(result.loss_curve) != cell.epochs:
             raise AssertionError(f"loss_curve has {len(result.loss_curve)} entries, "
                                  f"expected one per epoch ({cell.epochs})")
+        if list(result.params_final) != list(expected):
+            raise AssertionError(f"backend returned final parameters {list(result.params_final)}"
+                                 f", expected {list(expected)} (canonical order)")
+        # Judged here too: a malformed result must become this cell's error
+        # record, not end the worker.
+        return judge(record_from_result(cell, version, result, seconds))
     except Exception as exc:  # noqa: BLE001 - any backend failure is a finding, not a crash
         tb = traceback.format_exc(limit=-3).strip().splitlines()
         return Record.for_cell(cell, Status.ERROR, f"{type(exc).__name__}: {exc}",
                                backend_version=version, info={"traceback": tb[-6:]})
-    return judge(record_from_result(cell, version, result, seconds))
 
 
 def gradients(name: str, request: dict) -> list[dict]:

@@ -1,0 +1,180 @@
+"""Keras 3 on JAX: the tensorflow row's Keras code with ``KERAS_BACKEND=jax``.
+
+* ``raw``: the canonical parameters as JAX arrays, the notebook's loss in
+  ``keras.ops``, JAX's own gradient (``jax.value_and_grad``), update written
+  out.
+* ``module``: ``keras.Sequential`` of ``Dense`` and
+  ``BinaryCrossentropy(from_logits=True, reduction='sum')``; the gradient of
+  ``model.stateless_call`` (Keras' pure-function form of a model on JAX)
+  with ``jax.value_and_grad``, update written out, parameters assigned back
+  at the end.
+* ``optimizer``, ``custom``: ``compile(SGD)`` + ``fit`` exactly as on
+  TensorFlow (backends/keras_common.py), one full unshuffled batch per epoch.
+
+Modes: ``compiled`` (the default: ``jax.jit`` of the raw and module steps,
+``compile(jit_compile=True)`` for ``fit``, which is how Keras runs on JAX
+unless told otherwise; that is XLA, unlike the tensorflow row's tf.function)
+and ``eager`` (un-jitted steps, ``run_eagerly=True``).
+
+Not adaptable (a finding): Keras 3's type promotion maps float64 to
+float32 on every backend but TensorFlow (``keras.backend.result_type``,
+``BIT64_TO_BIT32_DTYPE`` in keras/src/backend/common/dtypes.py).  On JAX
+most ops keep float64, but eagerly (``run_eagerly=True``, or an un-jitted
+step) the value of ``keras.ops.binary_crossentropy(from_logits=True)``
+carries float32 round-off (measured: ~2e-8 per row at float64), so the
+loss curve of every float64 eager module, optimizer and custom cell leaves
+the oracle's band at epoch 0 while the parameters, whose gradient does not
+go through that rounding, agree exactly.  Under ``jax.jit`` the same code
+agrees with the oracle to the last bit.  ``known_departure`` names it.
+
+Conventions adapted: those of backends/keras_common.py, plus JAX's float64
+switch: the worker sets ``JAX_ENABLE_X64=1`` and ``KERAS_BACKEND=jax``
+before anything imports JAX or Keras (``ENV``); trainers check the arrays
+really have the cell's dtype.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from backends import keras_common
+from harness.tasks import TrainResult, TrainSpec
+
+NAME = "keras-jax"
+IMPORTS = ("jax", "keras")
+ENV = {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
+UNSUPPORTED: dict[str, str] = {}
+
+
+# Keras 3's type promotion (keras/src/backend/common/dtypes.py,
+# BIT64_TO_BIT32_DTYPE, "aligned with JAX's default behavior") maps float64
+# to float32 on every backend but TensorFlow, whatever floatx says.
+
+
+def known_departure(cell) -> str | None:
+    if (cell.dtype == "float64" and cell.mode == "eager"
+            and cell.level in ("module", "optimizer", "custom")):
+        return ("Keras 3 promotes float64 to float32 off TensorFlow (keras.backend.result_type): "
+                "un-jitted, keras.ops.binary_crossentropy's value carries float32 round-off")
+    return None
+
+
+def framework_version() -> str:
+    import jax
+    import keras
+    return f"keras {keras.__version__} (jax {jax.__version__})"
+
+
+def _check(spec: TrainSpec):
+    import jax.numpy as jnp
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"Keras runs on {keras.backend.backend()!r} in this process, not jax")
+    x = jnp.asarray(spec.x)
+    if x.dtype != np.dtype(spec.dtype):
+        raise RuntimeError(f"JAX holds {spec.dtype} data as {x.dtype}: JAX_ENABLE_X64 was not "
+                           "set before JAX was imported")
+    return x, jnp.asarray(spec.y)
+
+
+def _raw_loss(params, x, y):
+    import keras
+    return keras_common.written_out_loss(keras.ops, params, x, y)[0]
+
+
+def _raw_step(params, x, y, lr):
+    import jax
+
+    loss, grads = jax.value_and_grad(_raw_loss)(params, x, y)
+    return loss, {k: params[k] - lr * grads[k] for k in params}
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(fn):
+    import jax
+    return jax.jit(fn)
+
+
+def loss_and_grad(spec: TrainSpec):
+    """The raw level's loss and JAX's gradient at ``spec.params``."""
+    import jax
+    import jax.numpy as jnp
+
+    x, y = _check(spec)
+    params = {k: jnp.asarray(v) for k, v in spec.params.items()}
+    loss, grads = jax.value_and_grad(_raw_loss)(params, x, y)
+    return float(loss), {k: np.asarray(grads[k]) for k in spec.params}
+
+
+def _info(spec: TrainSpec) -> dict:
+    import jax
+    return {"x64": bool(jax.config.jax_enable_x64)}
+
+
+def train_raw(spec: TrainSpec) -> TrainResult:
+    import jax.numpy as jnp
+    import keras
+
+    x, y = _check(spec)
+    params = {k: jnp.asarray(v) for k, v in spec.params.items()}
+    lr = jnp.asarray(spec.lr, dtype=spec.dtype)
+    step = _jitted(_raw_step) if spec.mode == "compiled" else _raw_step
+    start = {k: np.asarray(v) for k, v in params.items()}
+    curve = []
+    for _ in range(spec.epochs):
+        loss, params = step(params, x, y, lr)
+        curve.append(float(loss))
+    loss, p = keras_common.written_out_loss(keras.ops, params, x, y)
+    # jax's tree maps return dicts in sorted key order: back to canonical.
+    return TrainResult(params_start=start, params_final={k: np.asarray(params[k]) for k in start},
+                       loss_curve=curve, loss_final=float(loss), probs=np.asarray(p).reshape(-1),
+                       info=_info(spec))
+
+
+def _hand_train(model, loss_fn, x, y, spec: TrainSpec) -> list[float]:
+    import jax
+
+    _check(spec)
+    trainable = [v.value for v in model.trainable_variables]
+    fixed = [v.value for v in model.non_trainable_variables]
+
+    def loss_of(values):
+        z, _ = model.stateless_call(values, fixed, x, training=True)
+        return loss_fn(y, z)
+
+    def step(values):
+        loss, grads = jax.value_and_grad(loss_of)(values)
+        return loss, [v - spec.lr * g for v, g in zip(values, grads)]
+
+    if spec.mode == "compiled":
+        step = jax.jit(step)
+    curve = []
+    for _ in range(spec.epochs):
+        loss, trainable = step(trainable)
+        curve.append(float(loss))
+    for variable, value in zip(model.trainable_variables, trainable):
+        variable.assign(value)
+    return curve
+
+
+def _fit_data(spec: TrainSpec) -> dict:
+    _check(spec)
+    return keras_common.array_data(spec)
+
+
+def _final_loss(loss_fn, y, z, spec: TrainSpec):
+    """In compiled mode the final loss is jitted like the training steps
+    (eagerly it would carry the float32 round-off ``known_departure`` names)."""
+    import jax
+    return jax.jit(lambda z: loss_fn(y, z))(z) if spec.mode == "compiled" else loss_fn(y, z)
+
+
+ROW = keras_common.KerasRow(hand_train=_hand_train, fit_data=_fit_data,
+                            jit_compile=lambda mode: mode == "compiled", info=_info,
+                            final_loss=_final_loss)
+TRAINERS = keras_common.levels(train_raw, ROW)
+MODES = dict.fromkeys(TRAINERS, ("compiled", "eager"))
+MODE_GAPS = {"graph": "Keras 3 on JAX has no graph-and-session mode; jax.jit is its compiled "
+                      "mode"}

@@ -1,0 +1,148 @@
+"""Keras 3 on PyTorch: the tensorflow row's Keras code with ``KERAS_BACKEND=torch``.
+
+* ``raw``: the canonical parameters as torch tensors with
+  ``requires_grad``, the notebook's loss in ``keras.ops`` (which run as torch
+  operations), ``loss.backward()``, update under ``torch.no_grad()``.
+* ``module``: ``keras.Sequential`` of ``Dense`` and
+  ``BinaryCrossentropy(from_logits=True, reduction='sum')``; on this
+  backend a Keras variable's value is a ``torch.nn.Parameter``, so the
+  hand-written step is torch's own: ``backward()``, then each parameter
+  moved under ``no_grad`` and its gradient cleared.
+* ``optimizer``, ``custom``: ``compile(SGD)`` + ``fit`` exactly as on
+  TensorFlow (backends/keras_common.py), one full unshuffled batch per epoch.
+
+Modes: ``eager`` only.  Keras can hand its torch train step to
+``torch.compile`` (``jit_compile=True``), which this row does not take on:
+the torch row measures ``torch.compile`` directly.
+
+Not adaptable (a finding): Keras 3's type promotion maps float64 to
+float32 on every backend but TensorFlow (``keras.backend.result_type``;
+keras/src/backend/common/dtypes.py ``BIT64_TO_BIT32_DTYPE``, "aligned with
+JAX's default behavior"), and on torch ``keras.ops.matmul`` casts both
+operands to that result type: a float64 matmul is computed in float32 and
+cast back.  ``Dense`` uses it, and so does our raw level's written-out
+loss, so every float64 cell departs from the oracle by float32 round-off
+(measured: 2e-8 on single-layer nand after 100 steps).  float32 cells are
+unaffected.  Writing the matmul with torch would hide what Keras does, so we
+don't; ``known_departure`` names it.
+
+Conventions adapted: those of backends/keras_common.py; the worker sets
+``KERAS_BACKEND=torch`` before Keras is imported (``ENV``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from backends import keras_common
+from harness.tasks import TrainResult, TrainSpec
+
+NAME = "keras-torch"
+IMPORTS = ("torch", "keras")
+ENV = {"KERAS_BACKEND": "torch"}
+UNSUPPORTED: dict[str, str] = {}
+
+
+# Keras 3's type promotion (keras/src/backend/common/dtypes.py,
+# BIT64_TO_BIT32_DTYPE, "aligned with JAX's default behavior") maps float64
+# to float32 on every backend but TensorFlow, whatever floatx says.
+
+
+def known_departure(cell) -> str | None:
+    if cell.dtype == "float64":
+        return ("Keras 3 promotes float64 to float32 off TensorFlow (keras.backend.result_type), "
+                "so keras.ops.matmul, and Dense with it, computes float64 inputs in float32 on "
+                "torch")
+    return None
+
+
+def framework_version() -> str:
+    import keras
+    import torch
+    return f"keras {keras.__version__} (torch {torch.__version__})"
+
+
+def _check():
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"Keras runs on {keras.backend.backend()!r} in this process, not torch")
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+def _raw(spec: TrainSpec):
+    import keras
+    import torch
+
+    _check()
+    x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
+    params = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in spec.params.items()}
+    return params, lambda: keras_common.written_out_loss(keras.ops, params, x, y)
+
+
+def loss_and_grad(spec: TrainSpec):
+    """The raw level's loss and torch's gradient at ``spec.params``."""
+    params, loss_of = _raw(spec)
+    loss, _ = loss_of()
+    loss.backward()
+    return loss.item(), {k: _np(v.grad) for k, v in params.items()}
+
+
+def train_raw(spec: TrainSpec) -> TrainResult:
+    import torch
+
+    params, loss_of = _raw(spec)
+    start = {k: _np(v) for k, v in params.items()}
+    curve = []
+    for _ in range(spec.epochs):
+        loss, _ = loss_of()
+        curve.append(loss.item())
+        loss.backward()
+        with torch.no_grad():
+            for p in params.values():
+                p -= spec.lr * p.grad
+                p.grad.zero_()
+    with torch.no_grad():
+        loss, p = loss_of()
+    return TrainResult(params_start=start, params_final={k: _np(v) for k, v in params.items()},
+                       loss_curve=curve, loss_final=loss.item(), probs=_np(p).reshape(-1),
+                       info=_info(spec))
+
+
+def _hand_train(model, loss_fn, x, y, spec: TrainSpec) -> list[float]:
+    import torch
+
+    _check()
+    params = [v.value for v in model.trainable_variables]
+    curve = []
+    for _ in range(spec.epochs):
+        loss = loss_fn(y, model(x, training=True))
+        curve.append(loss.item())
+        for p in params:
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            for p in params:
+                p -= spec.lr * p.grad
+    return curve
+
+
+def _info(spec: TrainSpec) -> dict:
+    import torch
+    return {"threads": torch.get_num_threads()}
+
+
+def _fit_data(spec: TrainSpec) -> dict:
+    _check()
+    return keras_common.array_data(spec)
+
+
+ROW = keras_common.KerasRow(hand_train=_hand_train, fit_data=_fit_data,
+                            jit_compile=lambda mode: False, info=_info)
+TRAINERS = keras_common.levels(train_raw, ROW)
+MODE_GAPS = {"compiled": "Keras can hand its torch train step to torch.compile "
+                         "(jit_compile=True); this row does not take that on (the torch row "
+                         "measures torch.compile directly)",
+             "graph": "Keras 3 on PyTorch has no graph-and-session mode"}
