@@ -38,6 +38,14 @@ pip_ install -c constraints/reference.txt --no-build-isolation chainer==7.8.1
 # Everything else, and the harness itself (editable).  torch's metadata pulls
 # setuptools>=77 back in here...
 pip_ install -c constraints/reference.txt -e ".[all,test]"
+# JAX and Flax (constraints/reference.txt says why each is pinned): jax
+# first, with its resolvable dependencies; then flax, chex and optax without
+# theirs (pip's resolver backtracks for many minutes through orbax and
+# tensorstore releases that want a newer numpy or jax, and its choice of
+# chex fails to import with jax 0.4.30), then the few flax needs at import.
+pip_ install -c constraints/reference.txt jax jaxlib scipy
+pip_ install -c constraints/reference.txt --no-deps flax chex optax
+pip_ install -c constraints/reference.txt msgpack PyYAML typing_extensions "etils[epy]" toolz
 # ...and chainer imports distutils.msvccompiler, gone in setuptools>=70, so the
 # old one goes back last.  pip warns about torch's declared setuptools>=77;
 # torch needs it only to build C++ extensions.

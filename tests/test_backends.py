@@ -1,4 +1,9 @@
 """Facts about individual backends that their docstrings rely on."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +13,8 @@ from harness.execution.child import run_cell
 from harness.tasks import TrainSpec
 
 from conftest import applicable, cached_run, make_cell, require, require_in_process
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("backend", list(registry.BACKENDS))
@@ -163,3 +170,22 @@ def test_raw_loss_and_grad_is_the_hand_derived_one(backend):
             for name, g in grads.items():
                 assert g.dtype == np.dtype(dtype) and g.shape == want[name].shape
                 np.testing.assert_allclose(g, want[name], rtol=0, atol=atol)
+
+
+def test_jax_float64_cells_really_compute_in_float64():
+    # The worker sets JAX_ENABLE_X64=1 before JAX is imported (the backend's
+    # ENV); without it JAX would silently hold float64 data in float32.
+    require("jax")
+    rec = cached_run(make_cell("jax", "raw", "multi", "xor", seed=2))
+    assert rec.info["x64"] is True and rec.agrees
+    assert rec.oracle_dev < 1e-12  # float32 arithmetic would be ~1e-7 away
+    rec32 = cached_run(make_cell("jax", "raw", "multi", "xor", seed=2, dtype="float32"))
+    assert relative_deviation(rec32.params_final, rec.params_final) > 1e-8
+    # Where the switch is off, the trainer refuses instead of computing in float32.
+    code = ("import sys; from backends import jax_backend; from harness.tasks import Cell, "
+            "TrainSpec\ntry:\n    jax_backend.train_raw(TrainSpec.from_cell(Cell('jax', 'raw', "
+            "'single', 'and', 0, 'float64')))\nexcept RuntimeError as e:\n    print(e)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert "JAX_ENABLE_X64 was not set" in out.stdout, out.stderr[-500:]
