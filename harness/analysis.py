@@ -95,6 +95,46 @@ def mode_comparison(records: list[Record]) -> list[ModeComparison]:
                                       m.backend, m.dtype, m.mode))
 
 
+@dataclass(frozen=True)
+class BackendAgreement:
+    """The porting question, per pair of backends: over the cells both ran
+    ok (every axis equal but backend and mode), the largest deviation of
+    one's params_final from the other's; and each one's worst oracle_dev."""
+
+    backends: tuple[str, ...]
+    worst: dict[tuple[str, str], float]  # (a, b), a before b; nan when no shared cell
+    shared: dict[tuple[str, str], int]
+    oracle: dict[str, float]
+
+
+def backend_agreement(records: list[Record], level: str | None = None) -> BackendAgreement:
+    """Pairwise agreement between backends (of one level, or all gradient levels)."""
+    ok = [r for r in records if r.status == Status.OK and r.level in GRADIENT_LEVELS
+          and (level is None or r.level == level)]
+    order = list(registry.BACKENDS)
+    backends = tuple(sorted({r.backend for r in ok},
+                            key=lambda b: (order.index(b) if b in order else len(order), b)))
+    by_key: dict[tuple, dict[str, list[Record]]] = {}
+    for r in ok:
+        key = tuple(getattr(r.cell, f) for f in CELL_FIELDS if f not in ("backend", "mode"))
+        by_key.setdefault(key, {}).setdefault(r.backend, []).append(r)
+    worst: dict[tuple[str, str], float] = {}
+    shared: dict[tuple[str, str], int] = {}
+    for i, a in enumerate(backends):
+        for b in backends[i + 1:]:
+            devs, n = [], 0
+            for group in by_key.values():
+                if a in group and b in group:
+                    n += 1
+                    devs += [relative_deviation(rb.params_final, ra.params_final)
+                             for ra in group[a] for rb in group[b]]
+            worst[(a, b)] = max(devs) if devs else math.nan
+            shared[(a, b)] = n
+    oracle_dev = {b: max((r.oracle_dev if r.oracle_dev is not None else math.inf)
+                         for r in ok if r.backend == b) for b in backends}
+    return BackendAgreement(backends, worst, shared, oracle_dev)
+
+
 def label(rec) -> str:
     """A cell's name, e.g. in ``harness diff``, which pairs cells by it."""
     return f"{rec.backend} {rec.level} {rec.arch} {rec.gate} seed {rec.seed}"

@@ -218,6 +218,14 @@ def verdict_summary(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def agreement_rows(agreement: analysis.BackendAgreement) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each pair of backends, cells shared, worst deviation."""
+    rows = [[a, b, str(agreement.shared[(a, b)]), _num(agreement.worst[(a, b)])
+             if agreement.shared[(a, b)] else "-"] for a, b in agreement.worst]
+    rows += [[b, "oracle", "", _num(agreement.oracle[b])] for b in agreement.backends]
+    return ["backend", "vs", "shared cells", "worst dev"], rows
+
+
 MODE_HEADER = ["backend", "dtype", "mode", "cells", "bit-identical", "worst dev",
                "ms/epoch", "eager ms/epoch"]
 

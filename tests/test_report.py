@@ -183,3 +183,11 @@ def test_mode_comparison_at_float32(tmp_path):
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {(d["backend"], d["mode"], d["status"]) for d in recs} >= {
         ("mxnet", "graph", "unsupported"), ("tensorflow", "graph", "ok")}
+
+
+def test_framework_against_framework(run):
+    md = (run / "report.md").read_text()
+    assert "## Framework against framework" in md and (run / "report-frameworks.png").is_file()
+    row = next(line for line in md.splitlines() if line.startswith("| numpy | torch |"))
+    shared, worst = [c.strip() for c in row.split("|")[3:5]]
+    assert int(shared) > 0 and float(worst) <= 1e-9

@@ -22,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import analysis, text
-from harness.report.figures import (INSTALL_HINT, ReportUnavailable, curve_cells, fig_convergence,
+from harness.report.figures import (INSTALL_HINT, ReportUnavailable, curve_cells,
+                                    fig_backend_agreement, fig_convergence,
                                     fig_deviation, fig_loss, fig_surfaces, fig_verdicts, png,
                                     pyplot)
 from harness.records import Status
@@ -99,6 +100,17 @@ def write_report(run_dir) -> Path:
             ((header, orows, ""),
              (CONV_HEADER, [convergence_row(c) for c in conv if c.backend != "oracle"],
               "every backend x level x arch x gate"))))
+    agreement = analysis.backend_agreement(records)
+    if len(agreement.backends) > 1:
+        sections.append(Section(
+            "Framework against framework",
+            "The porting question: does my model give the same numbers after the move? For "
+            "every pair of backends, the largest relative deviation between their params_final "
+            "over the cells both ran (same level, arch, gate, seed and settings; any mode); the "
+            "diagonal is each backend's worst deviation from the oracle.",
+            (("report-frameworks.png", "framework against framework",
+              png(fig_backend_agreement(plt, agreement))),),
+            (text.agreement_rows(agreement) + ("",),)))
     modes = analysis.mode_comparison(records)
     if modes:
         sections.append(Section(

@@ -339,3 +339,40 @@ def png(fig) -> bytes:
     import matplotlib.pyplot as plt
     plt.close(fig)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------- porting matrix
+
+def fig_backend_agreement(plt, agreement, title: str = ""):
+    """Backend x backend: the largest params_final deviation between two
+    backends over the cells both ran; the diagonal is each one's worst
+    deviation from the oracle."""
+    from matplotlib.colors import LogNorm
+
+    names = agreement.backends
+    n = len(names)
+    val = np.full((n, n), np.nan)
+    for i, a in enumerate(names):
+        val[i, i] = agreement.oracle[a]
+        for j, b in enumerate(names[i + 1:], i + 1):
+            val[i, j] = val[j, i] = agreement.worst[(a, b)]
+    shown = np.where(np.isfinite(val), np.maximum(val, 1e-17), np.nan)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n, 0.6 + 0.75 * n))
+    cmap = plt.get_cmap("RdYlGn_r").copy()
+    cmap.set_bad("#f0f0f0")
+    norm = LogNorm(vmin=1e-17, vmax=1e-1)
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, norm=norm, interpolation="nearest")
+    for i in range(n):
+        for j in range(n):
+            v = val[i, j]
+            text = "n/a" if np.isnan(v) else ("0" if v == 0 else f"{v:.0e}".replace("e-0", "e-"))
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    weight="bold" if i == j else "normal")
+    ax.set_xticks(range(n), names, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_title(title or "largest params_final deviation between backends "
+                 "(diagonal: vs the oracle)", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.03)
+    bar.set_label("relative deviation (unit floor)", fontsize=8)
+    fig.tight_layout()
+    return fig
