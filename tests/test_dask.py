@@ -230,6 +230,11 @@ def test_cluster_gives_the_records_of_the_local_executor(cluster, tmp_path):
         assert w["address"].startswith("tcp://127.0.0.1:") and w["host"]
         assert w["versions"] == {"numpy": man["versions"]["numpy"], "faulty": man["versions"]["faulty"]}
     assert json.loads((tmp_path / "local" / "manifest.json").read_text())["executor"] == {"kind": "local"}
+    from harness.report.tables import manifest_rows  # the report's manifest section shows them
+
+    rows = dict(manifest_rows(man))
+    assert rows["executor"] == f"dask: scheduler {cluster.address} (external)"
+    assert sum(k.startswith("worker tcp://127.0.0.1:") for k in rows) == 2
 
 
 @needs_dask
