@@ -473,3 +473,20 @@ def test_check_agreement_names_what_differs():
         check_agreement({"tcp://a:1": info("a"), "tcp://b:1": info("b", torch="2.12.0")})
     with pytest.raises(ClusterError, match="disagree on numpy"):
         check_agreement({"tcp://a:1": info("a"), "tcp://b:1": info("b", numpy="2.0.0")})
+
+
+@needs_dask
+def test_a_worker_with_another_framework_version_does_not_run_the_cell():
+    # What a Dask worker that joined after the probe does with a cell whose
+    # framework it has in another version: an error record, no result.
+    from harness.execution import dask_worker, engine
+    from conftest import make_cell
+
+    w = engine.Worker("numpy")
+    try:
+        record = dask_worker._serve(w, engine.Task(make_cell("numpy", "raw", "single", "and")),
+                                    "0.0-run", None, lambda: False)
+    finally:
+        w.kill()
+    assert record.status.value == "error" and record.backend_version == "0.0-run"
+    assert "has numpy " in record.message and "the run uses 0.0-run; cell not run" in record.message
