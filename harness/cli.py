@@ -15,11 +15,16 @@ from pathlib import Path
 from harness import registry
 from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, resolve
 from harness.contract import ContractError
+from harness.execution.dask_executor import ClusterError
 from harness.results import RunFolderError
 from harness.tasks import ARCHS, AXES, GATES, LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
+
+
+# Settings --resume takes from its flags: where cells run, never what they give.
+SESSION_KEYS = ("executor", "scheduler")
 
 
 class UsageError(Exception):
@@ -48,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", help="cells run at once, each in a worker process (default: "
                      "number of CPUs); results do not depend on it")
     run.add_argument("--resume", metavar="DIR", help="finish the interrupted run in DIR with "
-                     "its own settings: only cells without a record run")
+                     "its own settings (--executor/--scheduler may differ): only cells without "
+                     "a record run")
     run.add_argument("--quiet", action="store_true", help="print only the final summary")
 
     sub.add_parser("list", help="backends with state, version and levels; gates; archs")
@@ -122,14 +128,16 @@ def cmd_run(args) -> int:
     if args.resume is not None:
         from harness.resume import open_resume
 
-        used = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        used = [f"--{k.replace('_', '-')}" for k, v in flags.items()
+                if v is not None and k not in SESSION_KEYS]
         used += ["--config"] * bool(args.config)
         if used:
             raise UsageError(f"{used[0]} cannot be combined with --resume: the run keeps the "
-                             f"settings in {args.resume}/manifest.json (only --jobs and --quiet "
-                             "apply).")
+                             f"settings in {args.resume}/manifest.json (only --jobs, --quiet, "
+                             "--executor and --scheduler apply).")
         resume = open_resume(args.resume)
-        cfg, run_dir = resume.config, resume.run_dir
+        cfg = resume.with_executor(flags["executor"], flags["scheduler"])
+        run_dir = resume.run_dir
     else:
         config_path = args.config or (DEFAULT_CONFIG if not any(v is not None for v in flags.values())
                                       else None)
@@ -138,14 +146,19 @@ def cmd_run(args) -> int:
         run_dir, resume = _resolve_out(cfg["out"]), None
     for name in cfg["backends"]:
         registry.backend(name)  # a backend that breaks the contract stops here
+    if cfg["executor"] == "dask":
+        from harness.execution.dask_executor import require_distributed
+
+        require_distributed()  # one line and exit 2 without the dask extra
     outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs, progress=make_progress(args.quiet),
                          resume=resume)
     print(summary_table(outcome.records))
     print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
     if outcome.interrupted:
-        print(f"harness: interrupted; {len(outcome.records)} of {outcome.total} cells have "
+        why = f"stopped: {outcome.lost}" if outcome.lost else "interrupted"
+        print(f"harness: {why}; {len(outcome.records)} of {outcome.total} cells have "
               f"records. Finish with: harness run --resume {run_dir}", file=sys.stderr)
-        return 130
+        return 1 if outcome.lost else 130
     _verdicts_and_report(run_dir, outcome.records, not args.no_report)
     return 1 if outcome.errors else 0
 
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
                 "report": cmd_report, "diff": cmd_diff}[args.command](args)
     except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError,
-            ContractError) as exc:
+            ContractError, ClusterError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ valid choices.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,22 @@ from harness import registry
 from harness.tasks import AXES, Axis
 
 # key: (default, help).  timeout: seconds per cell before it is killed
-# (None: no limit); repeat: runs per cell.
+# (None: no limit); repeat: runs per cell; executor, scheduler: where cells
+# run (harness.runner.start_executor), which never changes a record.
 RUN_OPTIONS: dict[str, tuple[Any, str]] = {
     "out": (None, "run folder (default results/<UTC timestamp>/)"),
     "timeout": (None, "seconds per cell; a cell past it is killed and recorded as `timeout` "
                       "(default: none)"),
     "repeat": (1, "run every cell this many times and flag any cell whose results are not "
                   "bit-identical (default 1)"),
+    "executor": ("local", "where cells run: local (worker processes on this machine, the "
+                          "default) or dask (a Dask cluster; needs the dask extra)"),
+    "scheduler": (None, "with --executor dask: address of a running Dask scheduler, e.g. "
+                        "tcp://HOST:8786 (default: a LocalCluster on 127.0.0.1)"),
 }
+EXECUTORS = ("local", "dask")
+# [scheme://]host:port, host a name, an IPv4 address or a bracketed IPv6 one.
+_ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?(?:\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}")
 KEYS = (*(axis.key for _, axis in AXES), *RUN_OPTIONS)
 DEFAULTS: dict[str, Any] = {**{axis.key: axis.default for _, axis in AXES},
                             **{k: d for k, (d, _) in RUN_OPTIONS.items()}}
@@ -154,4 +163,22 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     cfg["timeout"] = (None if raw["timeout"] is None
                       else _number("timeout", raw["timeout"], minimum=0, strict_min=True))
     cfg["repeat"] = _number("repeat", raw["repeat"], int, 1)
+    cfg.update(executor_settings(raw["executor"], raw["scheduler"]))
     return cfg
+
+
+def executor_settings(executor: Any, scheduler: Any) -> dict[str, Any]:
+    """The validated ``executor`` and ``scheduler`` keys (also what --resume
+    takes from its flags: they never change a record)."""
+    try:
+        executor = registry.check_choice("executor", str(executor), EXECUTORS)
+    except registry.UnknownChoice as exc:
+        raise ConfigError(str(exc)) from None
+    if scheduler is not None:
+        if not isinstance(scheduler, str) or not _ADDRESS.fullmatch(scheduler):
+            raise ConfigError(f"Invalid scheduler {scheduler!r}. Expected a Dask scheduler "
+                              "address like tcp://HOST:8786.")
+        if executor != "dask":
+            raise ConfigError(f"Invalid scheduler {scheduler!r} with executor {executor!r}: a "
+                              "scheduler address needs executor 'dask' (--executor dask).")
+    return {"executor": executor, "scheduler": scheduler}

@@ -4,8 +4,8 @@ A run folder is resumable when it loads (``results.load_run``: every record
 valid, old schemas upgraded), its manifest's config still resolves, and
 every record it holds is a cell of that config's matrix.  All of that is
 checked before anything runs or is written.  The run keeps its own
-settings (only --jobs and --quiet apply), runs only the cells without a
-record, refuses a framework whose version changed since the run started,
+settings (only --jobs, --quiet, and --executor/--scheduler, which never
+change a record, apply), runs only the cells without a record, refuses a framework whose version changed since the run started,
 and appends a ``resumed`` entry to the manifest when it ends.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import KEYS, ConfigError, resolve
+from harness.config import KEYS, ConfigError, executor_settings, resolve
 from harness.records import SCHEMA_VERSION, Record
 from harness.results import RunFolderError, git_info, load_run, now_utc
 
@@ -39,10 +39,19 @@ class Resume:
                     f"{before[name]!r}, now it is {now!r}; resume it where the same versions "
                     "are installed.")
 
-    def note(self, argv: list[str], timing: dict[str, Any]) -> None:
+    def note(self, argv: list[str], timing: dict[str, Any], executor: dict[str, Any]) -> None:
         """Record this session in the manifest (written by the runner)."""
         self.manifest.setdefault("resumed", []).append(
-            {"at": now_utc(), "command": argv, "git": git_info(), "timing": timing})
+            {"at": now_utc(), "command": argv, "git": git_info(), "timing": timing,
+             "executor": executor})
+
+    def with_executor(self, executor: str | None, scheduler: str | None) -> dict[str, Any]:
+        """The config this session runs with: the run's own, with --executor
+        and --scheduler (if given) in place of its executor settings; they
+        never change a record, so any executor can finish any run."""
+        if executor is None and scheduler is None:
+            return self.config
+        return {**self.config, **executor_settings(executor or "local", scheduler)}
 
 
 def open_resume(folder: str | Path) -> Resume:

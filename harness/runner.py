@@ -3,7 +3,9 @@
 The parent side only: ``run_matrix`` never trains in its own process; every
 cell goes to a worker (harness/execution/), which sends back a judged
 Record.  Cells a backend cannot run (unsupported) or whose framework is not
-usable (skipped) get their records here without a worker.
+usable (skipped) get their records here without a worker.  Where workers
+run is the executor's business (``start_executor``, the one place it is
+chosen): the local engine, or a Dask cluster; the rest is the same.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from harness import registry
 from harness.execution import engine
+from harness.execution.dask_executor import ClusterLost
 from harness.execution.child import unsupported
 from harness.progress import NullProgress
 from harness.records import RECORD_FIELDS, Record, Status
@@ -44,6 +47,7 @@ class RunOutcome:
     records: list[Record] = field(default_factory=list)
     total: int = 0  # cells in the matrix
     interrupted: bool = False
+    lost: str | None = None  # why the run stopped short, when not by Ctrl-C
 
     @property
     def errors(self) -> int:
@@ -66,10 +70,8 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
         done.setdefault(rec.cell, rec)
     todo = [c for c in cells if c not in done]
     names = [b for b in registry.BACKENDS if any(c.backend == b for c in todo)]
-    # The probe: one worker per backend, kept as the run's first workers.
-    avail, ready = engine.start_workers(names)
+    avail, pool = start_executor(config, names, jobs)
     probe_seconds = time.monotonic() - started
-    pool = engine.Engine({n: a.version for n, a in avail.items()}, jobs, config["timeout"], ready)
     try:
         versions = _versions(avail)
         if resume:
@@ -77,6 +79,7 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
             man = resume.manifest
         else:
             man = manifest(config, versions, argv)
+            man["executor"] = pool.info
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -89,7 +92,7 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
             write_tables(run_dir, outcome.records)
         write_manifest(run_dir, man)
         _run(config, cells, todo, avail, pool, outcome, progress,
-             f"harness: {len(cells)} cells, {len(todo)} to run, {jobs} jobs -> {run_dir}")
+             f"harness: {len(cells)} cells, {len(todo)} to run, {pool.where} -> {run_dir}")
     finally:
         pool.shutdown()
     with _no_interrupts():
@@ -99,15 +102,33 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
                   "cells_recorded": len(outcome.records) - len(done),
                   "backends": {b: t.to_dict() for b, t in pool.timing.items()}}
         if resume:
-            resume.note(argv, timing)
+            resume.note(argv, timing, pool.info)
         else:
             man["timing"] = timing
+            man["executor"] = pool.info  # with any Dask worker that joined mid-run
         write_manifest(run_dir, man)
     progress.finish()
     return outcome
 
 
-def _run(config, cells: list[Cell], todo: list[Cell], avail, pool: engine.Engine,
+def start_executor(config: dict[str, Any], names: list[str], jobs: int):
+    """The one place an executor is chosen: (availability of each backend,
+    an executor with ``run(tasks, on_result)``, ``shutdown()``, ``timing``,
+    ``where`` (for the header) and ``info`` (for the manifest)).
+
+    local: the probe starts one worker per backend, kept as the run's first
+    workers.  dask: every Dask worker is probed and must agree
+    (harness/execution/dask_executor.py)."""
+    if config["executor"] == "dask":
+        from harness.execution.dask_executor import DaskExecutor
+
+        return DaskExecutor.start(names, config["scheduler"], jobs, config["timeout"])
+    avail, ready = engine.start_workers(names)
+    pool = engine.Engine({n: a.version for n, a in avail.items()}, jobs, config["timeout"], ready)
+    return avail, pool
+
+
+def _run(config, cells: list[Cell], todo: list[Cell], avail, pool,
          outcome: RunOutcome, progress, header: str) -> None:
     """Record every cell of todo, appending each record to results.jsonl as
     it ends; Ctrl-C sets outcome.interrupted."""
@@ -142,6 +163,8 @@ def _run(config, cells: list[Cell], todo: list[Cell], avail, pool: engine.Engine
         pool.run(sorted(tasks, key=lambda t: registry.cell_order(t.cell)), on_result)
     except KeyboardInterrupt:
         outcome.interrupted = True
+    except ClusterLost as exc:
+        outcome.interrupted, outcome.lost = True, str(exc)
     finally:
         writer.close()
 

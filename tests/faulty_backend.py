@@ -9,6 +9,10 @@ other cell is trained by the numpy reference, so its numbers are real.
 * ``loss_and_grad`` (harness gradcheck) segfaults at points of gate ``xnor``.
 
 $FAULTY_SLEEP (seconds) makes every cell that long, for kill -9 tests.
+$FAULTY_LOG: a file to which every cell appends ``gate level seed pid`` as
+it starts (the Dask tests count how often a cell ran, and where).
+$FAULTY_VERSION: the framework version it reports (default numpy's), so
+that a test can start a Dask worker that disagrees with the others.
 Registered through HARNESS_EXTRA_BACKENDS=faulty=tests.faulty_backend.
 """
 import ctypes
@@ -28,10 +32,13 @@ ARCH_LIMITS = numpy_backend.ARCH_LIMITS
 
 
 def framework_version():
-    return np.__version__
+    return os.environ.get("FAULTY_VERSION", np.__version__)
 
 
 def train(spec):
+    if os.environ.get("FAULTY_LOG"):
+        with open(os.environ["FAULTY_LOG"], "a") as fh:
+            fh.write(f"{spec.gate} {spec.level} {spec.seed} {os.getpid()}\n")
     time.sleep(float(os.environ.get("FAULTY_SLEEP", 0)))
     if spec.gate in ("xor", "xnor"):
         half = dataclasses.replace(spec.cell, epochs=spec.epochs // 2)

@@ -253,7 +253,7 @@ def probe(names, timeout: float = IMPORT_TIMEOUT) -> dict[str, Availability]:
     for w in workers:
         w.close()
     for w in workers:
-        _let_exit(w, 10)
+        let_exit(w, 10)
     return avail
 
 
@@ -288,13 +288,13 @@ def ask(workers: list[Worker], request: dict, timeout: float | None = None
     finally:
         for w in workers:
             if isinstance(out.get(w.backend), dict):
-                _let_exit(w, 10)  # answered: it exits on its own
+                let_exit(w, 10)  # answered: it exits on its own
             else:
                 w.kill()
     return out
 
 
-def _let_exit(w: Worker, seconds: float) -> None:
+def let_exit(w: Worker, seconds: float) -> None:
     """Give a closed worker time to exit on its own, then make sure."""
     try:
         w.proc.wait(timeout=seconds)
@@ -324,6 +324,8 @@ class Engine:
     def __init__(self, versions: dict[str, str | None], jobs: int, timeout: float | None,
                  workers: list[Worker] = ()):
         self.versions, self.jobs, self.timeout = versions, jobs, timeout
+        self.where = f"{jobs} jobs"  # for the run's header
+        self.info = {"kind": "local"}  # for the manifest
         self.queues: dict[str, deque[Task]] = {}
         self.workers: list[Worker] = []
         self.closing: list[Worker] = []
@@ -355,7 +357,7 @@ class Engine:
                     break
                 self._wait()
             for w in self.closing:
-                _let_exit(w, 10)
+                let_exit(w, 10)
         finally:
             self.shutdown()
         return self.timing
@@ -411,10 +413,9 @@ class Engine:
         now = time.monotonic()
         for w in [w for w in self.workers if w.deadline is not None and now >= w.deadline]:
             if w.ready:
-                self._lose(w, Status.TIMEOUT, f"killed after {self.timeout:g} s (--timeout)")
+                self._lose(w, Status.TIMEOUT, timeout_message(self.timeout))
             else:
-                self._lose(w, Status.ERROR, f"importing {w.backend} did not finish within "
-                                       f"{IMPORT_TIMEOUT:g} s; worker killed")
+                self._lose(w, Status.ERROR, import_hang_message(w.backend))
 
     def _receive(self, w: Worker) -> None:
         was_ready = w.ready
@@ -435,17 +436,33 @@ class Engine:
 
     def _lose(self, w: Worker, status: Status, message: str) -> None:
         """End worker w; its current task, if any, gets this status."""
-        if w.proc.poll() is None:
-            w.proc.kill()
-        w.proc.wait()
-        lines = w.stderr_lines()
-        w.kill()
+        record = lose(w, status, message, self.versions.get(w.backend))
         self.workers.remove(w)
-        if w.task is not None:
-            died = status == Status.ERROR and w.proc.returncode != 0
-            site = crash_site(lines) if died else ""
-            record = Record.for_cell(w.task.cell, status, message + (f" ({site})" if site else ""),
-                                     backend_version=self.versions.get(w.backend),
-                                     info={"stderr": lines} if lines else {})
+        if record is not None:
             self.timing[w.backend].cells += 1
             self.on_result(w.task, record)
+
+
+def timeout_message(timeout: float) -> str:
+    return f"killed after {timeout:g} s (--timeout)"
+
+
+def import_hang_message(backend: str) -> str:
+    return f"importing {backend} did not finish within {IMPORT_TIMEOUT:g} s; worker killed"
+
+
+def lose(w: Worker, status: Status, message: str, version: str | None) -> Record | None:
+    """End worker w.  Its current task's cell, if any, gets a record with this
+    status and message (plus, when the process died, the site of the crash),
+    its stderr in ``info.stderr``; None when it had no task."""
+    if w.proc.poll() is None:
+        w.proc.kill()
+    w.proc.wait()
+    lines = w.stderr_lines()
+    w.kill()
+    if w.task is None:
+        return None
+    died = status == Status.ERROR and w.proc.returncode != 0
+    site = crash_site(lines) if died else ""
+    return Record.for_cell(w.task.cell, status, message + (f" ({site})" if site else ""),
+                           backend_version=version, info={"stderr": lines} if lines else {})

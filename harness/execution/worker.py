@@ -11,6 +11,10 @@ Record.to_dict()}`` (harness.execution.child.run_cell), ``{"gradcheck":
 Python's JSON (NaN allowed), which round-trips every float64 exactly; the
 results writer makes them strict.
 
+A worker whose parent process is gone (``harness run``, or the Dask worker
+that started it, killed with -9) exits within a second, even in the middle
+of a cell that would never end: nobody is left to read its answer.
+
 Only the protocol uses the real stdout: file descriptor 1 is pointed at
 stderr so that anything a framework prints cannot corrupt it.  The parent
 keeps stderr in a file and reads its tail when a worker dies.
@@ -22,6 +26,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 
@@ -29,8 +34,10 @@ def main(argv: list[str]) -> int:
     # Ctrl-C on a terminal reaches the whole process group; the parent alone
     # decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A segfault then leaves a Python traceback in stderr for the record.
-    faulthandler.enable()
+    # A segfault then leaves a Python traceback in stderr for the record:
+    # the crashing thread's only (not the parent watch's below).
+    faulthandler.enable(all_threads=False)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr  # Python-level prints too, unbuffered, in order
@@ -59,6 +66,12 @@ def main(argv: list[str]) -> int:
         else:
             send({"gradcheck": gradients(name, request["gradcheck"])})
     return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -44,4 +44,13 @@ def manifest_rows(man: dict) -> list[list[str]]:
     for k, v in man.get("config", {}).items():
         rows.append([f"config.{k}", text.seed_ranges(v) if k == "seeds" and isinstance(v, list)
                      else str(v)])
+    executor = man.get("executor") or {}
+    if executor.get("kind") == "dask":
+        rows.append(["executor", f"dask: scheduler {executor.get('scheduler')} "
+                                 f"({executor.get('cluster')})"])
+        for w in executor.get("workers", []):
+            versions = ", ".join(f"{k} {v}" for k, v in w.get("versions", {}).items())
+            rows.append([f"worker {w.get('address')}",
+                         f"{w.get('host')}" + (f": {versions}" if versions else
+                                               f" ({w.get('joined', '')})")])
     return rows
