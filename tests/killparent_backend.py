@@ -11,7 +11,7 @@ from backends import numpy_backend
 
 NAME = "killparent"
 IMPORTS = ("numpy",)
-UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer")}
+UNSUPPORTED = {level: "a test backend" for level in ("module", "optimizer", "custom")}
 
 
 def framework_version():
