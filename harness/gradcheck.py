@@ -19,6 +19,7 @@ finite difference at ``FINITE_DIFFERENCE_TOLERANCE``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,8 @@ class Row:
     fd_err: float | None  # vs the central finite difference
     ok: bool | None  # None: not run (framework missing, no raw level)
     note: str = ""
+    # A mismatch its backend's known_departure explains (with the reason).
+    known: str = ""
 
 
 def _reference(point: Point):
@@ -134,6 +137,9 @@ def _backend_rows(backends, pts, refs, tol, request) -> list[Row]:
             fd_err = relative_deviation(grad, fd)
             ok = bool(loss_err <= tol and grad_err <= tol
                       and fd_err <= max(tol, FINITE_DIFFERENCE_TOLERANCE))
-            rows[name].append(Row(name, p.name, loss, loss_err, grad_err, fd_err, ok))
+            known = "" if ok else registry.known_departure(
+                dataclasses.replace(p.spec.cell, backend=name)) or ""
+            rows[name].append(Row(name, p.name, loss, loss_err, grad_err, fd_err, ok,
+                                  f"known: {known}" if known else "", known))
     return [row for name in backends for row in rows[name]]
 

@@ -246,7 +246,8 @@ def gradcheck_table(rows: list[gradcheck.Row], dtype: str) -> str:
 
     body = [[r.backend, r.point, "" if r.loss is None else f"{r.loss:.16g}", e(r.loss_err),
              e(r.grad_err), e(r.fd_err),
-             {True: "ok", False: "MISMATCH", None: "skipped"}[r.ok] + (f"  {r.note}" if r.note else "")]
+             ("departs" if r.known else {True: "ok", False: "MISMATCH", None: "skipped"}[r.ok])
+             + (f"  {r.note}" if r.note else "")]
             for r in rows]
     head = (f"gradient check ({dtype}): loss and gradient of each backend's raw level vs the "
             f"oracle's closed form (pass at {tolerance(dtype, 1):g}) and vs a central finite "

@@ -27,7 +27,9 @@ def test_notebook_numbers_in_every_backend(backend):
 def test_gradcheck_passes_for_registered_backends(capsys):
     assert cli.main(["gradcheck"]) == 0
     out = capsys.readouterr().out
-    assert "every backend agrees" in out
+    assert "every backend agrees" in out or "no unexplained mismatch" in out
+    # Each explained departure says so (Keras 3 on torch computes float64 matmuls in float32).
+    assert all("known: " in line for line in out.splitlines() if " departs " in line)
     rows = [line.split() for line in out.splitlines() if line.split()[1:2] == ["notebook"]]
     assert rows and all(r[2].startswith("0.47407698418010") for r in rows)
     assert {r[0] for r in rows} >= {"oracle", "numpy"}
