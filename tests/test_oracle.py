@@ -105,9 +105,12 @@ def test_records_not_ok_get_null_verdicts():
 def test_no_false_alarm_at_float64(backend):
     require(backend)
     for level, arch in applicable(backend):
-        for gate in GATES:
+        for gate in GATES if arch == "single" else ("and", "xor", "not"):
             rec = cached_run(make_cell(backend, level, arch, gate))
             assert rec.status == "ok", rec.message
+            if registry.known_departure(rec.cell):
+                assert not rec.agrees  # flagged: a real departure, with its reason
+                continue
             assert rec.agrees and rec.first_departure is None, (level, arch, gate, rec.oracle_dev)
             assert rec.oracle_dev <= rec.tolerance == tolerance("float64", rec.epochs)
             assert (rec.learned_epoch is not None) == rec.learned

@@ -83,8 +83,16 @@ BACKEND_LEVELS = [(b, lv) for b in registry.BACKENDS for lv in GRADIENT_LEVELS
                   if registry.backend(b).gap(lv, "single") is None]
 
 
-@pytest.mark.parametrize("arch,gate", [("single", "nand"), ("single", "not"), ("multi", "xor")])
-@pytest.mark.parametrize("backend,level", BACKEND_LEVELS)
+def _cases():
+    for backend, level in BACKEND_LEVELS:
+        for arch, gate in (("single", "nand"), ("single", "not"), ("multi", "xor")):
+            why = registry.known_departure(make_cell(backend, level, arch, gate, seed=5))
+            marks = [pytest.mark.xfail(reason=f"known departure: {why}", strict=True)] if why else []
+            yield pytest.param(backend, level, arch, gate, marks=marks,
+                               id=f"{backend}-{level}-{arch}-{gate}")
+
+
+@pytest.mark.parametrize("backend,level,arch,gate", list(_cases()))
 def test_float64_matches_hand_computed_trajectory(backend, level, arch, gate):
     require(backend)
     cell = make_cell(backend, level, arch, gate, seed=5)
