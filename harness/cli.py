@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from harness import registry
-from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, resolve
+from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, parse_int, resolve
 from harness.contract import ContractError
 from harness.results import RunFolderError
 from harness.tasks import ARCHS, AXES, GATES, LEVELS
@@ -104,7 +104,7 @@ def _jobs(value: str | None) -> int:
     if value is None:
         return cpus()
     try:
-        jobs = int(value)
+        jobs = parse_int(value)
     except ValueError:
         jobs = 0
     if jobs < 1:
@@ -201,9 +201,14 @@ def cmd_gradcheck(args) -> int:
     backends = _choice_list("backend", args.backends, registry.BACKENDS)
     registry.check_choice("gate", args.gate, GATES)
     registry.check_choice("dtype", args.dtype, DTYPES)
-    if not args.seed.isdigit():
-        raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer.")
-    rows = check(backends, seed=int(args.seed), gate=args.gate, dtype=args.dtype)
+    try:
+        seed = parse_int(args.seed)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer in ASCII "
+                         "digits.")
+    rows = check(backends, seed=seed, gate=args.gate, dtype=args.dtype)
     print(gradcheck_table(rows, args.dtype))
     bad = [r for r in rows if r.ok is False]
     print(f"gradcheck: {len(bad)} mismatch(es)" if bad else "gradcheck: every backend agrees")
