@@ -10,6 +10,11 @@
 CSV and manifest are written atomically (temporary file, then rename) so a
 reader never sees half a file.  ``load_run`` is the one loader: it validates
 a folder and upgrades what an older harness wrote (``harness.records``).
+
+A run folder is untrusted input: the loader checks every record field by
+field and the manifest key by key, refuses JSON nested deeper than
+MAX_DEPTH and files that are links (RunFolderError: one line naming file,
+line and field).
 """
 from __future__ import annotations
 
@@ -20,14 +25,16 @@ import json
 import math
 import os
 import platform
+import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from harness.records import (RECORD_FIELDS, SCHEMA_VERSION, Record, Status,  # noqa: F401
-                             upgrade)
+                             _short, check, upgrade)
 from harness.registry import cell_order
+from harness.tasks import Cell
 
 
 def strict(value):
@@ -73,60 +80,178 @@ class RecordWriter:
 
 class RunFolderError(ValueError):
     """A folder that is not a readable run folder; the message is one line
-    naming the file (and line) at fault."""
+    naming the file (and line, and field) at fault."""
 
 
 REQUIRED_FIELDS = ("backend", "level", "arch", "gate", "seed", "dtype", "status")
+# Deeper JSON than any record or manifest the harness writes (a manifest's
+# resumed/timing/backends entries are 6 levels deep) is refused when read:
+# recursive code further on (the strict() cleaner, the JSON writer) would
+# otherwise overflow the stack with a RecursionError after a resume has
+# already run cells.
+MAX_DEPTH = 16
+# The files a run folder's writers replace or append to.  A symbolic link at
+# one of these names is refused: writing through it would change a file
+# outside the folder.
+OUTPUT_NAMES = ("results.jsonl", "results.csv", "manifest.json", "report.html", "report.md")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON (0 for a scalar), without recursion;
+    counting stops past MAX_DEPTH."""
+    depth, level = 0, [value]
+    while depth <= MAX_DEPTH:
+        containers = [v for v in level if isinstance(v, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def _reject_constant(token: str):
+    raise ValueError(f"{token} is not strict JSON (the harness writes null)")
+
+
+def _parse(text: str | bytes) -> Any:
+    """Strict JSON no deeper than MAX_DEPTH; ValueError says why not."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # NaN, or an integer too long to convert
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if _depth(value) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+def check_folder_names(run_dir: Path) -> None:
+    """Refuse a run folder where a file the harness writes is a symbolic link."""
+    names = [*OUTPUT_NAMES, *(p.name for p in run_dir.glob("report-*.png"))]
+    for name in names:
+        if (run_dir / name).is_symlink():
+            raise RunFolderError(f"{run_dir / name}: a symbolic link; the harness neither reads "
+                                 "nor writes run files through links. Remove it.")
+
+
+def _read_regular(path: Path, what: str) -> bytes:
+    """The bytes of a regular file (not a link, a FIFO or a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing; {str(path.parent)!r} {what}.") from None
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot be read ({exc.strerror}).") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFolderError(f"{path}: not a regular file.")
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise RunFolderError(f"{path}: cannot be read ({exc.strerror}).") from None
 
 
 def read_records(path: Path, version: int = SCHEMA_VERSION) -> list[Record]:
     """Read results.jsonl written under schema ``version``, upgraded to the
-    current one.  A torn last line (no newline: the writer was killed
-    mid-line) is ignored; any other malformed line raises RunFolderError."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.endswith("\n"):
-                break
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunFolderError(f"{path}:{n}: not a JSON line ({exc.msg}).") from None
-            if not isinstance(data, dict) or any(k not in data for k in REQUIRED_FIELDS):
-                raise RunFolderError(f"{path}:{n}: not a harness record (expected fields "
-                                     f"{', '.join(REQUIRED_FIELDS)}).")
-            try:
-                records.append(Record.from_dict(upgrade(data, version)))
-            except (TypeError, ValueError) as exc:
-                raise RunFolderError(f"{path}:{n}: not a schema-{version} harness record "
-                                     f"({exc}).") from None
+    current one and validated field by field (``harness.records.check``).
+    A torn last line (no newline: the writer was killed mid-line) is
+    ignored; any other fault raises RunFolderError naming the line and the
+    field."""
+    data = _read_regular(path, "has no results")
+    records: list[Record] = []
+    seen: dict[Cell, int] = {}
+    lines = data.split(b"\n")
+    for n, raw in enumerate(lines[:-1], 1):  # lines[-1]: the torn line, or b""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RunFolderError(f"{path}:{n}: not UTF-8 text (byte {exc.start + 1} of the "
+                                 "line).") from None
+        try:
+            rec = _parse(line)
+        except ValueError as exc:
+            raise RunFolderError(f"{path}:{n}: not a JSON line: {exc}.") from None
+        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED_FIELDS):
+            raise RunFolderError(f"{path}:{n}: not a harness record (expected fields "
+                                 f"{', '.join(REQUIRED_FIELDS)}).")
+        try:
+            record = Record.from_dict(check(upgrade(rec, version)))
+        except (TypeError, ValueError) as exc:
+            raise RunFolderError(f"{path}:{n}: not a schema-{version} harness record: "
+                                 f"{exc}.") from None
+        if record.cell in seen:
+            raise RunFolderError(f"{path}:{n}: a second record of the cell on line "
+                                 f"{seen[record.cell]}; a run has one record per cell.")
+        seen[record.cell] = n
+        records.append(record)
     return records
+
+
+# manifest key: (expected type in words, check); keys not listed are kept as
+# they are (shown in the report's manifest table).
+_MANIFEST = {
+    "config": ("a harness run configuration (a mapping of settings)", lambda v: isinstance(v, dict)),
+    "versions": ("a mapping of framework names to version strings",
+                 lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+    "created_at": ("a string", lambda v: isinstance(v, str)),
+    "command": ("a list of strings", lambda v: isinstance(v, list)
+                and all(isinstance(x, str) for x in v)),
+    "machine": ("a mapping", lambda v: isinstance(v, dict)),
+    "git": ("a mapping with commit (string or null) and dirty (true, false or null)",
+            lambda v: isinstance(v, dict) and isinstance(v.get("commit"), (str, type(None)))
+            and isinstance(v.get("dirty"), (bool, type(None)))),
+    "timing": ("a mapping", lambda v: isinstance(v, dict)),
+    "resumed": ("a list of mappings", lambda v: isinstance(v, list)
+                and all(isinstance(x, dict) for x in v)),
+}
+_REQUIRED_MANIFEST = ("config", "versions")
+
+
+def check_manifest(man: Any, path: Path) -> dict[str, Any]:
+    """The manifest if its fields have their types; RunFolderError naming
+    the field otherwise."""
+    version = man.get("schema_version") if isinstance(man, dict) else None
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+        raise RunFolderError(f"{path}: not a harness manifest with a schema_version from 1 "
+                             f"to {SCHEMA_VERSION} (this harness reads those; a newer harness "
+                             "wrote a higher one).")
+    for key in _REQUIRED_MANIFEST:
+        if key not in man:
+            raise RunFolderError(f"{path}: field {key!r} is missing, expected "
+                                 f"{_MANIFEST[key][0]}.")
+    for key, (expected, ok) in _MANIFEST.items():
+        if key in man and not ok(man[key]):
+            raise RunFolderError(f"{path}: field {key!r} is {_short(man[key])}, expected "
+                                 f"{expected}.")
+    seeds = man["config"].get("seeds")
+    if isinstance(seeds, list) and not all(type(s) is int and s >= 0 for s in seeds):
+        raise RunFolderError(f"{path}: field 'config.seeds' is {_short(seeds)}, expected a list "
+                             "of integers >= 0.")
+    return man
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
     """(manifest, records) of a run folder, validated and upgraded to the
     current schema (records without verdicts are judged here); the manifest
     keeps the ``schema_version`` it was written with.  RunFolderError
-    otherwise."""
+    otherwise: nothing is written before a folder has loaded."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"Run folder {str(run_dir)!r} does not exist or is not a folder.")
+    check_folder_names(run_dir)
     man_path = run_dir / "manifest.json"
+    text = _read_regular(man_path, "is not a harness run folder")
     try:
-        man = json.loads(man_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"{man_path}: missing; {str(run_dir)!r} is not a harness run folder.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"{man_path}: not valid JSON ({exc}).") from None
-    version = man.get("schema_version") if isinstance(man, dict) else None
-    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
-        raise RunFolderError(f"{man_path}: not a harness manifest with a schema_version from 1 "
-                             f"to {SCHEMA_VERSION} (this harness reads those; a newer harness "
-                             "wrote a higher one).")
-    res_path = run_dir / "results.jsonl"
-    if not res_path.is_file():
-        raise RunFolderError(f"{res_path}: missing; {str(run_dir)!r} has no results.")
-    records = read_records(res_path, version)
+        man = _parse(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{man_path}: not UTF-8 text (byte {exc.start + 1}).") from None
+    except ValueError as exc:
+        raise RunFolderError(f"{man_path}: {exc}.") from None
+    man = check_manifest(man, man_path)
+    records = read_records(run_dir / "results.jsonl", man["schema_version"])
     if any(r.status == Status.OK and r.agrees is None for r in records):
         from harness.oracle import judge_all  # records from before verdicts existed
         records = judge_all(records)

@@ -234,7 +234,7 @@ def test_resume_rejects_folders_that_are_not_ours(tmp_path):
          "results.jsonl:1: this cell is not in"),
         ([], {"manifest.json": json.dumps({**man, "config": {**man["config"], "gates": ["andd"]}}),
               "results.jsonl": lines[0]}, "'andd'"),
-        ([], {"manifest.json": json.dumps({**man, "config": "x"})}, "not a harness run configuration"),
+        ([], {"manifest.json": json.dumps({**man, "config": "x"})}, "field 'config' is \"x\""),
         ([], {"manifest.json": json.dumps({**man, "versions": {**man["versions"], "numpy": "0.1"}}),
               "results.jsonl": lines[0]}, "'0.1'"),
         ([], {"manifest.json": json.dumps({**man, "schema_version": 99})}, "schema_version"),
