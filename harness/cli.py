@@ -1,8 +1,16 @@
 """Command line: ``harness run``, ``list``, ``gradcheck``, ``report`` and ``diff``.
 
-Bad input exits with status 2 and one line on stderr, before anything is
-written.  Exit status of ``harness run``: 0, or 1 when a cell ended in
-`error` or `timeout`, or 130 after Ctrl-C (finished records are kept).
+Exit statuses (the README lists them too):
+
+* 0: done; 1: a cell ended in `error` or `timeout` (``harness diff``: the
+  runs differ; ``harness gradcheck``: a mismatch);
+* 2: bad input (flags, config file, a run folder that does not load): one
+  line on stderr, before anything is written;
+* 3: a file could not be written (disk full, read-only, over a size
+  limit): one line naming the path and the reason; what was written
+  before stays, and ``--resume`` finishes the run;
+* 130: interrupted by Ctrl-C; finished records are kept and the tables
+  written.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from pathlib import Path
 from harness import registry
 from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, parse_int, resolve
 from harness.contract import ContractError
-from harness.results import RunFolderError
+from harness.results import CannotWrite, RunFolderError
 from harness.tasks import ARCHS, AXES, GATES, LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +87,9 @@ def _resolve_out(out: str | None) -> Path:
             path = ROOT / "results" / f"{stamp}-{n}"
         return path
     path = Path(out)
+    if path.is_symlink() and not path.is_dir():
+        raise UsageError(f"--out {out!r} is a symbolic link that leads to no folder. Expected a "
+                         "folder that is new or empty.")
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out!r} is a file. Expected a folder that is new or empty.")
     if path.is_dir() and any(path.iterdir()):
@@ -138,8 +149,14 @@ def cmd_run(args) -> int:
         run_dir, resume = _resolve_out(cfg["out"]), None
     for name in cfg["backends"]:
         registry.backend(name)  # a backend that breaks the contract stops here
-    outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs, progress=make_progress(args.quiet),
-                         resume=resume)
+    try:
+        outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs,
+                             progress=make_progress(args.quiet), resume=resume)
+    except CannotWrite as exc:
+        raise exc.with_hint(
+            f"every record appended before it is kept; once it can be written: harness run "
+            f"--resume {run_dir}" if (run_dir / "manifest.json").is_file() else
+            "nothing was recorded") from None
     print(summary_table(outcome.records))
     print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
     if outcome.interrupted:
@@ -160,6 +177,9 @@ def _verdicts_and_report(run_dir: Path, records, report: bool) -> None:
             print(f"report: {write_report(run_dir)}")
         except ReportUnavailable as exc:
             print(f"report: skipped: {exc}")
+        except CannotWrite as exc:
+            raise exc.with_hint(f"the records and tables are complete; once it can be "
+                                f"written: harness report {run_dir}") from None
 
 
 def cmd_list(args) -> int:
@@ -246,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             ContractError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
+    except CannotWrite as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130

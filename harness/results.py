@@ -14,10 +14,12 @@ a folder and upgrades what an older harness wrote (``harness.records``).
 A run folder is untrusted input: the loader checks every record field by
 field and the manifest key by key, refuses JSON nested deeper than
 MAX_DEPTH and files that are links (RunFolderError: one line naming file,
-line and field).
+line and field).  Writers never follow a link and leave no temporary file;
+a write that fails raises CannotWrite (path and reason).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -28,6 +30,7 @@ import platform
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,30 +55,88 @@ def dumps(obj) -> str:
     return json.dumps(strict(obj), allow_nan=False, separators=(",", ":"))
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class CannotWrite(Exception):
+    """A file of a run folder could not be written (disk full, read-only,
+    over a size limit): exit status 3.  The message is one line naming the
+    path and the reason; ``hint`` says what is kept and how to go on."""
+
+    def __init__(self, path: Path, reason: OSError | str, hint: str = ""):
+        if isinstance(reason, OSError):
+            reason = reason.strerror or str(reason)
+        self.path, self.reason, self.hint = Path(path), reason, hint
+        super().__init__(f"cannot write {self.path}: {reason}" + (f"; {hint}" if hint else ""))
+
+    def with_hint(self, hint: str) -> "CannotWrite":
+        return CannotWrite(self.path, self.reason, hint)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Replace path with data, so that a reader sees the old file or the new
+    one, never half of one.  The temporary file gets a fresh random name
+    with exclusive creation that never follows a link (tempfile.mkstemp:
+    O_CREAT | O_EXCL | O_NOFOLLOW), so nothing planted in the folder is
+    written through; rename then replaces a link at ``path`` itself, not
+    its target.  On any failure the temporary file is removed and the old
+    file is left as it was; an OSError becomes CannotWrite."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CannotWrite(path, exc) from None
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from other users
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:  # Ctrl-C too: no temporary file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise CannotWrite(path, exc) from None
+        raise
 
 
 class RecordWriter:
     """Appends one JSON line per record and flushes it, so a crash loses at
-    most the line being written."""
+    most the line being written.  A write that fails (disk full) is cut back
+    to the last whole line and raises CannotWrite: every record already in
+    the file stays readable, and ``--resume`` runs the rest.  The file is
+    opened without following a link."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise CannotWrite(path, exc) from None
 
     def write(self, record: Record) -> None:
-        self._fh.write(dumps(record.to_dict()) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        line = (dumps(record.to_dict()) + "\n").encode("utf-8")
+        end = os.fstat(self._fd).st_size
+        try:
+            _write_all(self._fd, line)
+            os.fsync(self._fd)
+        except BaseException as exc:  # Ctrl-C between two writes too: no half line stays
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)  # shrinking needs no space
+            if isinstance(exc, OSError):
+                raise CannotWrite(self.path, exc) from None
+            raise
 
     def close(self) -> None:
-        self._fh.close()
+        os.close(self._fd)
 
 
 class RunFolderError(ValueError):

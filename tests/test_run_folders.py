@@ -180,6 +180,32 @@ def test_torn_last_line_is_still_tolerated(tmp_path, good):
 
 # ------------------------------------------------------------------ symlinks
 
+def test_planted_temporary_names_are_not_followed(tmp_path, good):
+    """Links planted where the old writer put its temporary files: nothing is
+    written through them (temporary files get fresh names, created
+    exclusively), and no temporary file is left."""
+    _, partial = good
+    folder, victim = tmp_path / "run", tmp_path / "victim.txt"
+    shutil.copytree(partial, folder)
+    victim.write_text("precious\n")
+    for name in ("results.jsonl", "results.csv", "manifest.json", "report.html", "report.md"):
+        (folder / f".{name}.tmp").symlink_to(victim)
+    commands = [command("resume", folder, None)]
+    try:
+        import matplotlib  # noqa: F401
+        commands.append(["report", str(folder)])
+    except ImportError:
+        pass  # the resume alone writes results and manifest; the report needs matplotlib
+    for args in commands:
+        r = harness(*args)
+        assert r.returncode == 0, r.stderr
+        assert victim.read_text() == "precious\n"
+    left = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    assert left == sorted(f".{n}.tmp" for n in ("results.jsonl", "results.csv", "manifest.json",
+                                                 "report.html", "report.md"))
+    assert all((folder / n).is_symlink() for n in left)
+
+
 @pytest.mark.parametrize("name", ["results.jsonl", "results.csv", "manifest.json",
                                   "report.html", "report-verdicts.png"])
 def test_output_name_that_is_a_symlink_is_refused(tmp_path, good, name):

@@ -66,7 +66,8 @@ def worker_env() -> dict[str, str]:
 
 def worker_command(backend: str) -> list[str]:
     """The worker's command line: isolated mode, so neither the current
-    directory nor PYTHON* variables shape its imports; the import path is
+    directory nor PYTHON* variables shape its imports (bytecode is written
+    or not as in this process); the import path is
     this harness's root (workers import the same harness as this process,
     wherever it came from), then PYTHONPATH's entries made absolute (an
     empty entry, which means the current directory, is dropped)."""
@@ -74,7 +75,9 @@ def worker_command(backend: str) -> list[str]:
     paths = list(dict.fromkeys([str(ROOT), *extra]))
     boot = (f"import sys; sys.path[:0] = {paths!r}; "
             "from harness.execution.worker import main; sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-I", "-c", boot, backend]
+    # Isolated mode ignores PYTHONDONTWRITEBYTECODE: pass on this process's choice.
+    flags = ["-I", *(["-B"] if sys.dont_write_bytecode else [])]
+    return [sys.executable, *flags, "-c", boot, backend]
 
 
 def exit_cause(returncode: int) -> str:
