@@ -9,15 +9,18 @@ Exit statuses (the README lists them too):
 * 3: a file could not be written (disk full, read-only, over a size
   limit): one line naming the path and the reason; what was written
   before stays, and ``--resume`` finishes the run;
-* 130: interrupted by Ctrl-C; finished records are kept and the tables
-  written.
+* 128 + signal: interrupted: 130 after Ctrl-C (SIGINT), 143 after SIGTERM;
+  finished records are kept and the tables written.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from harness import registry
@@ -32,6 +35,20 @@ DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that it
+    is handled the same way everywhere (records kept, tables written,
+    workers ended); ``signum`` sets the exit status, 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,9 +177,11 @@ def cmd_run(args) -> int:
     print(summary_table(outcome.records))
     print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
     if outcome.interrupted:
-        print(f"harness: interrupted; {len(outcome.records)} of {outcome.total} cells have "
-              f"records. Finish with: harness run --resume {run_dir}", file=sys.stderr)
-        return 130
+        name = signal.Signals(outcome.interrupted).name
+        print(f"harness: interrupted by {name}; {len(outcome.records)} of {outcome.total} "
+              f"cells have records. Finish with: harness run --resume {run_dir}",
+              file=sys.stderr)
+        return 128 + outcome.interrupted
     _verdicts_and_report(run_dir, outcome.records, not args.no_report)
     return 1 if outcome.errors else 0
 
@@ -256,22 +275,38 @@ def cmd_diff(args) -> int:
 def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
+    with _sigterm_as_interrupt():
+        try:
+            if registry.EXTRA_BACKENDS_ERROR:
+                raise UsageError(registry.EXTRA_BACKENDS_ERROR)
+            args = build_parser().parse_args(argv)
+            return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
+                    "report": cmd_report, "diff": cmd_diff}[args.command](args)
+        except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError,
+                ContractError) as exc:
+            print(f"harness: error: {exc}", file=sys.stderr)
+            return 2
+        except CannotWrite as exc:
+            print(f"harness: error: {exc}", file=sys.stderr)
+            return 3
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            print(f"harness: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+            return 128 + signum
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a service manager, a CI timeout) is handled like
+    Ctrl-C instead of ending the process on the spot with nothing written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if registry.EXTRA_BACKENDS_ERROR:
-            raise UsageError(registry.EXTRA_BACKENDS_ERROR)
-        args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
-                "report": cmd_report, "diff": cmd_diff}[args.command](args)
-    except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError,
-            ContractError) as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except CannotWrite as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

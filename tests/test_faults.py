@@ -1,23 +1,44 @@
-"""Faults from outside a run: a full disk, a read-only folder.
+"""Faults from outside a run: SIGTERM, the parent killed under its workers,
+a full disk, a read-only folder.
 
-Real processes and real files: a full disk is a file-size limit
-(RLIMIT_FSIZE, everywhere) or a small tmpfs (where this process may mount
-one).  In every case nothing that was recorded is lost and ``--resume``
-finishes the run.
+Real processes, real signals, real files: a hanging cell comes from the
+test-only faulty backend (tests/faulty_backend.py: gate `nand` hangs and
+writes its worker's pid to $FAULTY_PIDFILE; $FAULTY_SLEEP slows every cell);
+a full disk is a file-size limit (RLIMIT_FSIZE, everywhere) or a small
+tmpfs (where this process may mount one).  In every case nothing that was
+recorded is lost and ``--resume`` finishes the run.
 """
+import contextlib
 import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from test_engine import SMALL, env, harness
+from test_engine import SMALL, complete_lines, env, harness, records, start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has ended (a zombie nobody reaped has ended too)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
 
 
 def one_line(r, code, needle):
@@ -36,6 +57,86 @@ def whole_lines(folder: Path) -> list[dict]:
     text = (folder / "results.jsonl").read_text()
     assert text == "" or text.endswith("\n")
     return [json.loads(line) for line in text.splitlines()]
+
+
+# ------------------------------------------------------------------- signals
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    out, pidfile = tmp_path / "run", tmp_path / "hung.pid"
+    args = ["run", "--backends", "numpy,faulty", *SMALL, "--gates", "and,nand", "--jobs", "2",
+            "--timeout", "5", "--no-report", "--quiet", "--out", str(out)]
+    proc = start(*args, FAULTY_PIDFILE=str(pidfile))
+    try:
+        wait_for(lambda: pidfile.exists() and complete_lines(out) == 3)
+        proc.send_signal(signal.SIGTERM)  # the parent only, as `kill PID` does
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "total" in stdout and "Traceback" not in stderr
+    assert "interrupted by SIGTERM" in stderr and f"harness run --resume {out}" in stderr
+    assert [(d["backend"], d["gate"]) for d in records(out)] == [
+        ("numpy", "and"), ("numpy", "nand"), ("faulty", "and")]
+    assert (out / "results.csv").read_text().count("\n") == 4  # header and the three cells
+    assert "timing" in json.loads((out / "manifest.json").read_text())
+    hung = int(pidfile.read_text())
+    wait_for(lambda: gone(hung), timeout=10)  # the hung cell's worker was ended
+    no_leftovers(out)
+    # Nothing lost: the resume runs the one cell left (it times out again).
+    r = harness("run", "--resume", str(out), "--quiet")
+    assert r.returncode == 1, r.stderr
+    recs = {d["gate"] + "-" + d["backend"]: d["status"] for d in records(out)}
+    assert recs == {"and-numpy": "ok", "nand-numpy": "ok", "and-faulty": "ok",
+                    "nand-faulty": "timeout"}
+
+
+def test_sigterm_to_the_process_group_reaches_only_the_parent(tmp_path):
+    # A service manager or `kill -- -PGID` signals every process in the
+    # group; workers leave the decision to their parent, so the cells that
+    # finished are recorded as they were, not as killed by SIGTERM.
+    out = tmp_path / "run"
+    proc = start("run", "--backends", "faulty", *SMALL, "--gates", "and,or,not", "--jobs", "1",
+                 "--no-report", "--out", str(out), FAULTY_SLEEP="1")
+    try:
+        wait_for(lambda: complete_lines(out) >= 1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert {d["status"] for d in records(out)} == {"ok"}
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    # kill -9 of `harness run` alone: its worker is in the middle of a cell
+    # that never ends and would otherwise run on with no one to read it.
+    out, pidfile = tmp_path / "run", tmp_path / "hung.pid"
+    proc = start("run", "--backends", "faulty", *SMALL, "--gates", "nand", "--timeout", "3600",
+                 "--no-report", "--out", str(out), FAULTY_PIDFILE=str(pidfile))
+    try:
+        wait_for(lambda: pidfile.exists())
+        worker = int(pidfile.read_text())
+        assert not gone(worker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        t0 = time.monotonic()
+        wait_for(lambda: gone(worker), timeout=10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_worker_whose_parent_is_already_gone_exits():
+    # The window before the death signal is armed: a worker started for a
+    # parent that is no longer its parent exits at once.
+    from harness.execution.engine import worker_command
+
+    cmd = worker_command("numpy")
+    assert cmd[-2:] == ["numpy", str(os.getpid())]
+    cmd[-1] = "1"  # not our pid: as if we had died and it had been re-parented
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, input="")
+    assert r.returncode == 1 and r.stdout == ""
 
 
 # ------------------------------------------------------ full disk, read-only

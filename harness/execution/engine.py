@@ -20,6 +20,8 @@ run and frameworks are probed.
 * Workers start in isolated mode (``python -I``) with an explicit import
   path: the harness's root and the entries of PYTHONPATH, never the current
   directory, so a ``numpy.py`` where ``harness run`` starts is not imported.
+* A worker dies with its parent (worker.die_with_parent): after kill -9 of
+  ``harness run`` no worker goes on computing with no one to read it.
 * Scheduling never changes a number: a cell is a pure function of its Cell
   (child.run_cell), and workers run math libraries single-threaded (unless
   the environment says otherwise) whatever ``--jobs`` is, so N workers use
@@ -77,7 +79,8 @@ def worker_command(backend: str) -> list[str]:
             "from harness.execution.worker import main; sys.exit(main(sys.argv[1:]))")
     # Isolated mode ignores PYTHONDONTWRITEBYTECODE: pass on this process's choice.
     flags = ["-I", *(["-B"] if sys.dont_write_bytecode else [])]
-    return [sys.executable, *flags, "-c", boot, backend]
+    # Our pid: the worker ends itself when its parent is no longer this process.
+    return [sys.executable, *flags, "-c", boot, backend, str(os.getpid())]
 
 
 def exit_cause(returncode: int) -> str:

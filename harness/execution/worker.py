@@ -1,4 +1,4 @@
-"""A worker process: ``python -I -m harness.execution.worker BACKEND``.
+"""A worker process: ``python -I -c <boot> BACKEND PARENT_PID`` (engine.worker_command).
 
 Protocol: one JSON object per line.  The worker imports its backend's
 framework (once) and writes ``{"state", "version", "detail",
@@ -14,21 +14,61 @@ results writer makes them strict.
 Only the protocol uses the real stdout: file descriptor 1 is pointed at
 stderr so that anything a framework prints cannot corrupt it.  The parent
 keeps stderr in a file and reads its tail when a worker dies.
+
+A worker never outlives its parent, whatever it is computing: on Linux the
+kernel kills it (SIGKILL) when the parent dies (``prctl(PR_SET_PDEATHSIG)``);
+elsewhere a watchdog thread checks every half second that its parent is
+still the one that started it.  It ignores SIGINT and SIGTERM: Ctrl-C on a
+terminal, or a SIGTERM sent to the whole process group, reaches every
+process, and the parent alone decides what happens to its workers.
 """
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import json
 import os
 import signal
 import sys
+import threading
 import time
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# How often the portable fallback looks for its parent, in seconds.
+WATCHDOG_SECONDS = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process as soon as process ``parent`` (the harness that
+    started it) is gone, even in the middle of a computation that never
+    returns to Python."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = sys.platform.startswith("linux") and libc.prctl(
+            PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    # The death signal fires when the thread that started us ends (the
+    # engine starts workers from the main thread, which lives as long as
+    # the process).  If the parent died before the call above, we were
+    # already re-parented and no signal will come: check.
+    if os.getppid() != parent:
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
-    # Ctrl-C on a terminal reaches the whole process group; the parent alone
-    # decides what happens to workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(int(argv[1]))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     # A segfault then leaves a Python traceback in stderr for the record.
     faulthandler.enable()
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
