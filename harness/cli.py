@@ -4,8 +4,9 @@ Exit statuses (the README lists them too):
 
 * 0: done; 1: a cell ended in `error` or `timeout` (``harness diff``: the
   runs differ; ``harness gradcheck``: a mismatch);
-* 2: bad input (flags, config file, a run folder that does not load): one
-  line on stderr, before anything is written;
+* 2: bad input (flags, config file, a run folder that does not load, a run
+  folder in use by another harness process): one line on stderr, before
+  anything is written;
 * 3: a file could not be written (disk full, read-only, over a size
   limit): one line naming the path and the reason; what was written
   before stays, and ``--resume`` finishes the run;
@@ -26,7 +27,7 @@ from pathlib import Path
 from harness import registry
 from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, parse_int, resolve
 from harness.contract import ContractError
-from harness.results import CannotWrite, RunFolderError
+from harness.results import LOCK_NAME, CannotWrite, RunFolderError, RunLock
 from harness.tasks import ARCHS, AXES, GATES, LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,27 @@ def _resolve_out(out: str | None) -> Path:
     return path
 
 
+def _create_run_folder(run_dir: Path) -> RunLock:
+    """Create the new run's folder and lock it.  Two runs started at once
+    with the same --out both passed the emptiness check; one of them gets
+    the lock, the other finds it held, or finds the folder no longer empty."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"Run folder {str(run_dir)!r} cannot be created: "
+                             f"{exc.strerror}.") from None
+    lock = RunLock(run_dir)
+    try:
+        if any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+            raise UsageError(f"--out {str(run_dir)!r} is not empty: another run has written to "
+                             "it. Expected a folder that is new or empty.")
+        lock.claim(sys.argv)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def cpus() -> int:
     """CPUs this process may use (a container or taskset may allow fewer than exist)."""
     if hasattr(os, "sched_getaffinity"):
@@ -156,7 +178,19 @@ def cmd_run(args) -> int:
             raise UsageError(f"{used[0]} cannot be combined with --resume: the run keeps the "
                              f"settings in {args.resume}/manifest.json (only --jobs and --quiet "
                              "apply).")
+        # Checked before the lock file is created (nothing is written for a
+        # folder that does not load), and read again under the lock: the run
+        # that held it may have added records since.
         resume = open_resume(args.resume)
+        for name in resume.config["backends"]:
+            registry.backend(name)  # a backend that breaks the contract stops here
+        lock = RunLock(resume.run_dir)
+        try:
+            resume = open_resume(args.resume)
+            lock.claim(sys.argv)
+        except BaseException:
+            lock.release()
+            raise
         cfg, run_dir = resume.config, resume.run_dir
     else:
         config_path = args.config or (DEFAULT_CONFIG if not any(v is not None for v in flags.values())
@@ -164,25 +198,27 @@ def cmd_run(args) -> int:
         file_values = load_toml(config_path) if config_path else {}
         cfg = resolve(file_values, flags)
         run_dir, resume = _resolve_out(cfg["out"]), None
-    for name in cfg["backends"]:
-        registry.backend(name)  # a backend that breaks the contract stops here
-    try:
-        outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs,
-                             progress=make_progress(args.quiet), resume=resume)
-    except CannotWrite as exc:
-        raise exc.with_hint(
-            f"every record appended before it is kept; once it can be written: harness run "
-            f"--resume {run_dir}" if (run_dir / "manifest.json").is_file() else
-            "nothing was recorded") from None
-    print(summary_table(outcome.records))
-    print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
-    if outcome.interrupted:
-        name = signal.Signals(outcome.interrupted).name
-        print(f"harness: interrupted by {name}; {len(outcome.records)} of {outcome.total} "
-              f"cells have records. Finish with: harness run --resume {run_dir}",
-              file=sys.stderr)
-        return 128 + outcome.interrupted
-    _verdicts_and_report(run_dir, outcome.records, not args.no_report)
+        for name in cfg["backends"]:
+            registry.backend(name)  # a backend that breaks the contract stops here
+        lock = _create_run_folder(run_dir)
+    with lock:
+        try:
+            outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs,
+                                 progress=make_progress(args.quiet), resume=resume)
+        except CannotWrite as exc:
+            raise exc.with_hint(
+                f"every record appended before it is kept; once it can be written: harness run "
+                f"--resume {run_dir}" if (run_dir / "manifest.json").is_file() else
+                "nothing was recorded") from None
+        print(summary_table(outcome.records))
+        print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
+        if outcome.interrupted:
+            name = signal.Signals(outcome.interrupted).name
+            print(f"harness: interrupted by {name}; {len(outcome.records)} of {outcome.total} "
+                  f"cells have records. Finish with: harness run --resume {run_dir}",
+                  file=sys.stderr)
+            return 128 + outcome.interrupted
+        _verdicts_and_report(run_dir, outcome.records, not args.no_report)
     return 1 if outcome.errors else 0
 
 
@@ -256,10 +292,19 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_report(args) -> int:
     from harness.report import ReportUnavailable, write_report
+    from harness.report.figures import pyplot
+    from harness.results import load_run
+
+    run_dir = Path(args.dir)
+    # Everything that can refuse is checked before the lock file is created.
+    load_run(run_dir)
     try:
-        print(f"report: {write_report(Path(args.dir))}")
+        pyplot()
     except ReportUnavailable as exc:
         raise UsageError(str(exc)) from None
+    with RunLock(run_dir) as lock:  # a run or resume writing this folder has it
+        lock.claim(sys.argv)
+        print(f"report: {write_report(run_dir)}")
     return 0
 
 

@@ -15,13 +15,16 @@ A run folder is untrusted input: the loader checks every record field by
 field and the manifest key by key, refuses JSON nested deeper than
 MAX_DEPTH and files that are links (RunFolderError: one line naming file,
 line and field).  Writers never follow a link and leave no temporary file;
-a write that fails raises CannotWrite (path and reason).
+a write that fails raises CannotWrite (path and reason).  ``RunLock`` lets
+one harness process at a time write a folder.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import datetime as _dt
+import errno
+import fcntl
 import io
 import json
 import math
@@ -154,7 +157,8 @@ MAX_DEPTH = 16
 # The files a run folder's writers replace or append to.  A symbolic link at
 # one of these names is refused: writing through it would change a file
 # outside the folder.
-OUTPUT_NAMES = ("results.jsonl", "results.csv", "manifest.json", "report.html", "report.md")
+OUTPUT_NAMES = ("results.jsonl", "results.csv", "manifest.json", "report.html", "report.md",
+                ".lock")
 
 
 def _depth(value: Any) -> int:
@@ -317,6 +321,104 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
         from harness.oracle import judge_all  # records from before verdicts existed
         records = judge_all(records)
     return man, records
+
+
+# --------------------------------------------------------------------- lock
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An advisory lock (``flock``) on DIR/.lock, held by the one harness
+    process that writes a run folder (``harness run``, ``--resume``,
+    ``harness report``) for as long as it runs; another one gets
+    RunFolderError naming the holder (pid, host, command), which the file
+    holds.  The kernel drops the lock when its process ends in any way, kill
+    -9 included, so a lock is never stale; a file left by a killed run is
+    simply locked again.  The holder removes the file when it releases the
+    lock, so a finished (or refused) command leaves the folder as it was; a
+    process that locked a file its previous holder had just removed sees
+    that it is no longer the file at DIR/.lock and tries again.  Worker
+    processes do not inherit it (file descriptors are not inherited)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        for _ in range(10):
+            self.fd = self._open()
+            try:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunFolderError(
+                        f"Run folder {str(run_dir)!r} is in use by another harness process "
+                        f"({self._holder()}); wait until it ends, then try again.") from None
+                if self._current():
+                    return
+            except BaseException:
+                os.close(self.fd)
+                raise
+            os.close(self.fd)  # its previous holder removed it: lock the new one
+        raise RunFolderError(f"Run folder {str(run_dir)!r}: {LOCK_NAME} keeps being replaced; "
+                             "is another program using the folder?")
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RunFolderError(f"{self.path}: a symbolic link; the harness neither reads "
+                                     "nor writes run files through links. Remove it.") from None
+            raise CannotWrite(self.path, exc) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunFolderError(f"{self.path}: not a regular file.")
+        return fd
+
+    def _current(self) -> bool:
+        """Whether DIR/.lock is still the file this process has open."""
+        try:
+            here = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self.fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _holder(self) -> str:
+        """Who holds the lock, from the file (written by another process:
+        read defensively)."""
+        try:
+            info = json.loads(os.pread(self.fd, 4096, 0).decode("utf-8", "replace"))
+            words = (f"pid {int(info['pid'])} on {info['host']}, {info['command']}, since "
+                     f"{info['since']}")
+        except (ValueError, TypeError, KeyError, OSError):
+            return "holder unknown"
+        return "".join(c if c.isprintable() else "?" for c in words)[:300]
+
+    def claim(self, argv: list[str]) -> None:
+        """Write this process's pid, host and command into the lock file."""
+        import socket
+
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "command": " ".join(["harness", *argv[1:]])[:200], "since": now_utc()}
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        except OSError as exc:
+            raise CannotWrite(self.path, exc) from None
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            if self._current():  # removed while locked: no one else can hold this file
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = -1
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def csv_text(records: list[Record]) -> str:

@@ -1,5 +1,5 @@
 """Faults from outside a run: SIGTERM, the parent killed under its workers,
-a full disk, a read-only folder.
+two harness processes on one folder, a full disk, a read-only folder.
 
 Real processes, real signals, real files: a hanging cell comes from the
 test-only faulty backend (tests/faulty_backend.py: gate `nand` hangs and
@@ -137,6 +137,53 @@ def test_worker_whose_parent_is_already_gone_exits():
     cmd[-1] = "1"  # not our pid: as if we had died and it had been re-parented
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, input="")
     assert r.returncode == 1 and r.stdout == ""
+
+
+# ---------------------------------------------------------------- the lock
+
+def test_a_running_folder_is_locked(tmp_path):
+    out, pidfile = tmp_path / "run", tmp_path / "hung.pid"
+    proc = start("run", "--backends", "numpy,faulty", *SMALL, "--gates", "and,nand",
+                 "--no-report", "--out", str(out), FAULTY_PIDFILE=str(pidfile))
+    try:
+        wait_for(lambda: pidfile.exists() and complete_lines(out) == 3)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert ".lock" in before and f'"pid": {proc.pid}' in before[".lock"].decode()
+        for args in (["run", "--resume", str(out)], ["report", str(out)]):
+            r = harness(*args)
+            if args[0] == "report" and "matplotlib" in r.stderr:
+                continue  # refused before the lock: the report needs matplotlib
+            line = one_line(r, 2, f"Run folder {str(out)!r} is in use by another harness")
+            assert f"pid {proc.pid} on " in line and "harness run --backends" in line
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    no_leftovers(out)  # the lock file goes with its holder
+
+
+def test_two_runs_started_at_once_on_one_folder(tmp_path):
+    # Both find the new folder empty; one gets it, the other is refused,
+    # and the winner's records are all there.
+    out = tmp_path / "run"
+    gates = {"and": "and,or", "xor": "xor,xnor"}
+    procs = {g: start("run", "--backends", "faulty", *SMALL, "--gates", gates[g], "--jobs", "1",
+                      "--no-report", "--out", str(out), FAULTY_SLEEP="1")
+             for g in gates}
+    results = {g: p.communicate(timeout=300) + (p.returncode,) for g, p in procs.items()}
+    codes = sorted(code for _, _, code in results.values())
+    assert codes[0] in (0, 1) and codes[1] == 2, results  # xor and xnor crash on purpose: 1
+    winner = next(g for g, (_, _, code) in results.items() if code != 2)
+    loser = results[next(g for g in gates if g != winner)]
+    lines = loser[1].strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "Traceback" not in loser[1]
+    assert "in use by another harness" in lines[0] or "is not empty" in lines[0]
+    assert sorted(d["gate"] for d in records(out)) == sorted(gates[winner].split(","))
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["gates"] == gates[winner].split(",")
+    no_leftovers(out)
 
 
 # ------------------------------------------------------ full disk, read-only

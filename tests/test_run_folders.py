@@ -3,7 +3,7 @@ on folders a test damages or booby-traps, as a user (or an attacker) could.
 
 Every damaged folder is answered with one line naming the file, line and
 field, exit 2, and nothing written: not a table, not a manifest entry, not
-a cell run by a resume that would have had work to do.
+a lock file, not a cell run by a resume that would have had work to do.
 """
 import json
 import os
@@ -159,7 +159,7 @@ def test_damaged_folder_one_line_exit_2_nothing_written(tmp_path, good, name, da
         line = r.stderr.strip()
         assert line.startswith("harness: error: ") and str(folder / where.split(":")[0]) in line
         assert where in line and needle in line, (cmd, line)
-        assert snapshot(folder) == before, cmd  # nothing written
+        assert snapshot(folder) == before, cmd  # nothing written, not even a lock file
         assert snapshot(done) == other
 
 
@@ -207,7 +207,7 @@ def test_planted_temporary_names_are_not_followed(tmp_path, good):
 
 
 @pytest.mark.parametrize("name", ["results.jsonl", "results.csv", "manifest.json",
-                                  "report.html", "report-verdicts.png"])
+                                  "report.html", "report-verdicts.png", ".lock"])
 def test_output_name_that_is_a_symlink_is_refused(tmp_path, good, name):
     done, partial = good
     folder, victim = tmp_path / "run", tmp_path / "victim.txt"
