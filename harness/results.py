@@ -202,8 +202,10 @@ def check_folder_names(run_dir: Path) -> None:
                                  "nor writes run files through links. Remove it.")
 
 
-def _read_regular(path: Path, what: str) -> bytes:
-    """The bytes of a regular file (not a link, a FIFO or a folder)."""
+@contextlib.contextmanager
+def _open_regular(path: Path, what: str):
+    """A regular file (not a link, a FIFO or a folder) open for reading in
+    binary; a read error becomes RunFolderError too."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -214,7 +216,7 @@ def _read_regular(path: Path, what: str) -> bytes:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise RunFolderError(f"{path}: not a regular file.")
         try:
-            return fh.read()
+            yield fh
         except OSError as exc:
             raise RunFolderError(f"{path}: cannot be read ({exc.strerror}).") from None
 
@@ -225,11 +227,17 @@ def read_records(path: Path, version: int = SCHEMA_VERSION) -> list[Record]:
     A torn last line (no newline: the writer was killed mid-line) is
     ignored; any other fault raises RunFolderError naming the line and the
     field."""
-    data = _read_regular(path, "has no results")
+    with _open_regular(path, "has no results") as fh:
+        return _records(path, version, fh)
+
+
+def _records(path: Path, version: int, lines) -> list[Record]:
+    """The records of results.jsonl's lines (bytes, each with its newline)."""
     records: list[Record] = []
     seen: dict[Cell, int] = {}
-    lines = data.split(b"\n")
-    for n, raw in enumerate(lines[:-1], 1):  # lines[-1]: the torn line, or b""
+    for n, raw in enumerate(lines, 1):  # one line at a time: a run can be large
+        if not raw.endswith(b"\n"):
+            break  # the torn last line
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -308,7 +316,8 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
         raise RunFolderError(f"Run folder {str(run_dir)!r} does not exist or is not a folder.")
     check_folder_names(run_dir)
     man_path = run_dir / "manifest.json"
-    text = _read_regular(man_path, "is not a harness run folder")
+    with _open_regular(man_path, "is not a harness run folder") as fh:
+        text = fh.read()
     try:
         man = _parse(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
