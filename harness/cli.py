@@ -1,22 +1,34 @@
 """Command line: ``harness run``, ``list``, ``gradcheck``, ``report`` and ``diff``.
 
-Bad input exits with status 2 and one line on stderr, before anything is
-written.  Exit status of ``harness run``: 0, or 1 when a cell ended in
-`error` or `timeout`, or 130 after Ctrl-C (finished records are kept).
+Exit statuses (the README lists them too):
+
+* 0: done; 1: a cell ended in `error` or `timeout` (``harness diff``: the
+  runs differ; ``harness gradcheck``: a mismatch);
+* 2: bad input (flags, config file, a run folder that does not load, a run
+  folder in use by another harness process): one line on stderr, before
+  anything is written;
+* 3: a file could not be written (disk full, read-only, over a size
+  limit): one line naming the path and the reason; what was written
+  before stays, and ``--resume`` finishes the run;
+* 128 + signal: interrupted: 130 after Ctrl-C (SIGINT), 143 after SIGTERM;
+  finished records are kept and the tables written.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from harness import registry
-from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, resolve
+from harness.config import KEYS, RUN_OPTIONS, ConfigError, load_toml, parse_int, resolve
 from harness.contract import ContractError
 from harness.execution.dask_executor import ClusterError
-from harness.results import RunFolderError
+from harness.results import LOCK_NAME, CannotWrite, RunFolderError, RunLock
 from harness.tasks import ARCHS, AXES, GATES, LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +41,20 @@ SESSION_KEYS = ("executor", "scheduler")
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that it
+    is handled the same way everywhere (records kept, tables written,
+    workers ended); ``signum`` sets the exit status, 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +111,9 @@ def _resolve_out(out: str | None) -> Path:
             path = ROOT / "results" / f"{stamp}-{n}"
         return path
     path = Path(out)
+    if path.is_symlink() and not path.is_dir():
+        raise UsageError(f"--out {out!r} is a symbolic link that leads to no folder. Expected a "
+                         "folder that is new or empty.")
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out!r} is a file. Expected a folder that is new or empty.")
     if path.is_dir() and any(path.iterdir()):
@@ -99,6 +128,27 @@ def _resolve_out(out: str | None) -> Path:
     return path
 
 
+def _create_run_folder(run_dir: Path) -> RunLock:
+    """Create the new run's folder and lock it.  Two runs started at once
+    with the same --out both passed the emptiness check; one of them gets
+    the lock, the other finds it held, or finds the folder no longer empty."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"Run folder {str(run_dir)!r} cannot be created: "
+                             f"{exc.strerror}.") from None
+    lock = RunLock(run_dir)
+    try:
+        if any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+            raise UsageError(f"--out {str(run_dir)!r} is not empty: another run has written to "
+                             "it. Expected a folder that is new or empty.")
+        lock.claim(sys.argv)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def cpus() -> int:
     """CPUs this process may use (a container or taskset may allow fewer than exist)."""
     if hasattr(os, "sched_getaffinity"):
@@ -110,7 +160,7 @@ def _jobs(value: str | None) -> int:
     if value is None:
         return cpus()
     try:
-        jobs = int(value)
+        jobs = parse_int(value)
     except ValueError:
         jobs = 0
     if jobs < 1:
@@ -135,7 +185,19 @@ def cmd_run(args) -> int:
             raise UsageError(f"{used[0]} cannot be combined with --resume: the run keeps the "
                              f"settings in {args.resume}/manifest.json (only --jobs, --quiet, "
                              "--executor and --scheduler apply).")
+        # Checked before the lock file is created (nothing is written for a
+        # folder that does not load), and read again under the lock: the run
+        # that held it may have added records since.
         resume = open_resume(args.resume)
+        for name in resume.config["backends"]:
+            registry.backend(name)  # a backend that breaks the contract stops here
+        lock = RunLock(resume.run_dir)
+        try:
+            resume = open_resume(args.resume)
+            lock.claim(sys.argv)
+        except BaseException:
+            lock.release()
+            raise
         cfg = resume.with_executor(flags["executor"], flags["scheduler"])
         run_dir = resume.run_dir
     else:
@@ -144,22 +206,31 @@ def cmd_run(args) -> int:
         file_values = load_toml(config_path) if config_path else {}
         cfg = resolve(file_values, flags)
         run_dir, resume = _resolve_out(cfg["out"]), None
-    for name in cfg["backends"]:
-        registry.backend(name)  # a backend that breaks the contract stops here
-    if cfg["executor"] == "dask":
-        from harness.execution.dask_executor import require_distributed
+        for name in cfg["backends"]:
+            registry.backend(name)  # a backend that breaks the contract stops here
+        if cfg["executor"] == "dask":
+            from harness.execution.dask_executor import require_distributed
 
-        require_distributed()  # one line and exit 2 without the dask extra
-    outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs, progress=make_progress(args.quiet),
-                         resume=resume)
-    print(summary_table(outcome.records))
-    print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
-    if outcome.interrupted:
-        why = f"stopped: {outcome.lost}" if outcome.lost else "interrupted"
-        print(f"harness: {why}; {len(outcome.records)} of {outcome.total} cells have "
-              f"records. Finish with: harness run --resume {run_dir}", file=sys.stderr)
-        return 1 if outcome.lost else 130
-    _verdicts_and_report(run_dir, outcome.records, not args.no_report)
+            require_distributed()  # one line and exit 2 without the dask extra
+        lock = _create_run_folder(run_dir)
+    with lock:
+        try:
+            outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs,
+                                 progress=make_progress(args.quiet), resume=resume)
+        except CannotWrite as exc:
+            raise exc.with_hint(
+                f"every record appended before it is kept; once it can be written: harness run "
+                f"--resume {run_dir}" if (run_dir / "manifest.json").is_file() else
+                "nothing was recorded") from None
+        print(summary_table(outcome.records))
+        print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
+        if outcome.interrupted or outcome.lost:
+            why = (f"stopped: {outcome.lost}" if outcome.lost else
+                   f"interrupted by {signal.Signals(outcome.interrupted).name}")
+            print(f"harness: {why}; {len(outcome.records)} of {outcome.total} cells have "
+                  f"records. Finish with: harness run --resume {run_dir}", file=sys.stderr)
+            return 1 if outcome.lost else 128 + outcome.interrupted
+        _verdicts_and_report(run_dir, outcome.records, not args.no_report)
     return 1 if outcome.errors else 0
 
 
@@ -173,6 +244,9 @@ def _verdicts_and_report(run_dir: Path, records, report: bool) -> None:
             print(f"report: {write_report(run_dir)}")
         except ReportUnavailable as exc:
             print(f"report: skipped: {exc}")
+        except CannotWrite as exc:
+            raise exc.with_hint(f"the records and tables are complete; once it can be "
+                                f"written: harness report {run_dir}") from None
 
 
 def cmd_list(args) -> int:
@@ -214,9 +288,14 @@ def cmd_gradcheck(args) -> int:
     backends = _choice_list("backend", args.backends, registry.BACKENDS)
     registry.check_choice("gate", args.gate, GATES)
     registry.check_choice("dtype", args.dtype, DTYPES)
-    if not args.seed.isdigit():
-        raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer.")
-    rows = check(backends, seed=int(args.seed), gate=args.gate, dtype=args.dtype)
+    try:
+        seed = parse_int(args.seed)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise UsageError(f"Invalid seed {args.seed!r}. Expected a non-negative integer in ASCII "
+                         "digits.")
+    rows = check(backends, seed=seed, gate=args.gate, dtype=args.dtype)
     print(gradcheck_table(rows, args.dtype))
     bad = [r for r in rows if r.ok is False and not r.known]
     known = sum(r.ok is False and bool(r.known) for r in rows)
@@ -231,10 +310,19 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_report(args) -> int:
     from harness.report import ReportUnavailable, write_report
+    from harness.report.figures import pyplot
+    from harness.results import load_run
+
+    run_dir = Path(args.dir)
+    # Everything that can refuse is checked before the lock file is created.
+    load_run(run_dir)
     try:
-        print(f"report: {write_report(Path(args.dir))}")
+        pyplot()
     except ReportUnavailable as exc:
         raise UsageError(str(exc)) from None
+    with RunLock(run_dir) as lock:  # a run or resume writing this folder has it
+        lock.claim(sys.argv)
+        print(f"report: {write_report(run_dir)}")
     return 0
 
 
@@ -250,19 +338,38 @@ def cmd_diff(args) -> int:
 def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
+    with _sigterm_as_interrupt():
+        try:
+            if registry.EXTRA_BACKENDS_ERROR:
+                raise UsageError(registry.EXTRA_BACKENDS_ERROR)
+            args = build_parser().parse_args(argv)
+            return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
+                    "report": cmd_report, "diff": cmd_diff}[args.command](args)
+        except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError,
+                ContractError, ClusterError) as exc:
+            print(f"harness: error: {exc}", file=sys.stderr)
+            return 2
+        except CannotWrite as exc:
+            print(f"harness: error: {exc}", file=sys.stderr)
+            return 3
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            print(f"harness: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+            return 128 + signum
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a service manager, a CI timeout) is handled like
+    Ctrl-C instead of ending the process on the spot with nothing written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if registry.EXTRA_BACKENDS_ERROR:
-            raise UsageError(registry.EXTRA_BACKENDS_ERROR)
-        args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "list": cmd_list, "gradcheck": cmd_gradcheck,
-                "report": cmd_report, "diff": cmd_diff}[args.command](args)
-    except (UsageError, ConfigError, registry.UnknownChoice, RunFolderError,
-            ContractError, ClusterError) as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

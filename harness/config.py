@@ -7,6 +7,12 @@ not its cells.  Files are
 read with tomllib only; nothing in a config is ever executed.  Every invalid
 value raises ConfigError with a one-line message naming the value and the
 valid choices.
+
+Every value's type is checked for its key (a list where a string goes is
+refused, never turned into a folder name), numbers from flags or strings
+are ASCII only (``parse_int``, ``parse_number``), and a run is bounded
+before any cell is made: at most MAX_SEEDS seeds and MAX_CELL_RUNS cell
+runs.
 """
 from __future__ import annotations
 
@@ -41,44 +47,95 @@ DEFAULTS: dict[str, Any] = {**{axis.key: axis.default for _, axis in AXES},
                             **{k: d for k, (d, _) in RUN_OPTIONS.items()}}
 
 
+# A run has at most this many seeds and this many cell runs (cells times
+# --repeat); both are checked before any cell is made, so a typo such as
+# --seeds 0-99999999 is refused at once instead of filling memory.
+MAX_SEEDS = 100_000
+MAX_CELL_RUNS = 1_000_000
+# Seeds are drawn by numpy.random.default_rng and written to results.csv:
+# keep them within a signed 64-bit integer, which every CSV reader takes.
+MAX_SEED = 2**63 - 1
+
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 class ConfigError(ValueError):
     """An invalid setting; its message is one line for the user."""
 
 
-def parse_seeds(text: str | int | list) -> list[int]:
-    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]; also accepts an int or a list."""
-    if isinstance(text, bool):
-        raise ConfigError(f"Invalid seeds {text!r}. Expected integers and ranges like '0,3,5-9'.")
-    if isinstance(text, int):
-        text = str(text)
-    if isinstance(text, list):
-        text = ",".join(str(t) for t in text)
-    seeds: list[int] = []
-    for part in str(text).split(","):
+def parse_int(text: str) -> int:
+    """An integer written in ASCII digits with an optional sign, nothing else:
+    no spaces, no underscores (``int`` takes '1_0'), no digits of other
+    scripts (``int`` and ``str.isdigit`` take '٣').  ValueError otherwise."""
+    if not isinstance(text, str) or not _INTEGER.fullmatch(text):
+        raise ValueError(f"not an integer in ASCII digits: {text!r}")
+    return int(text)
+
+
+def parse_number(text: str) -> float:
+    """A decimal number in ASCII (digits, point, exponent), nothing else:
+    ``float`` would take '1_0', ' 5', '٣', 'nan' and 'infinity'."""
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
+        raise ValueError(f"not a decimal number in ASCII: {text!r}")
+    return float(text)
+
+
+def _seed_intervals(text: str) -> list[tuple[int, int]]:
+    intervals = []
+    for part in text.split(","):
         part = part.strip()
         try:
             if "-" in part[1:]:
-                lo, hi = (int(v) for v in part.split("-", 1))
+                lo, hi = (parse_int(v) for v in part.split("-", 1))
                 if lo > hi:
                     raise ValueError
-                seeds.extend(range(lo, hi + 1))
             else:
-                seeds.append(int(part))
+                lo = hi = parse_int(part)
         except ValueError:
-            raise ConfigError(f"Invalid seed range {part!r} in {str(text)!r}. Expected "
-                              "non-negative integers and ascending ranges like '0,3,5-9'.") from None
-    if any(s < 0 for s in seeds):
-        raise ConfigError(f"Invalid seeds {str(text)!r}: seeds must be >= 0.")
-    return sorted(set(seeds))
+            raise ConfigError(f"Invalid seed range {part!r} in {text!r}. Expected non-negative "
+                              "integers in ASCII digits and ascending ranges like "
+                              "'0,3,5-9'.") from None
+        if lo < 0 or hi > MAX_SEED:
+            raise ConfigError(f"Invalid seeds {text!r}: seeds must be from 0 to {MAX_SEED}.")
+        intervals.append((lo, hi))
+    return intervals
+
+
+def parse_seeds(text: str | int | list) -> list[int]:
+    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]; also accepts an int or a list of
+    ints and such strings.  At most MAX_SEEDS seeds, counted before any is
+    listed."""
+    if isinstance(text, list) and all(type(t) is int or isinstance(t, str) for t in text):
+        text = ",".join(str(t) for t in text)
+    elif type(text) is int:
+        text = str(text)
+    elif not isinstance(text, str):
+        raise ConfigError(f"Invalid seeds {text!r}. Expected integers and ranges like '0,3,5-9' "
+                          "(a string, an integer or a list of them).")
+    intervals = sorted(_seed_intervals(text))
+    count, reach = 0, -1  # seeds in the union of the intervals, without listing them
+    for lo, hi in intervals:
+        if hi > reach:
+            count += hi - max(lo, reach + 1) + 1
+            reach = hi
+    if count > MAX_SEEDS:
+        raise ConfigError(f"Invalid seeds {text!r}: {count} seeds. Expected at most {MAX_SEEDS} "
+                          "seeds per run.")
+    seeds: set[int] = set()
+    for lo, hi in intervals:
+        seeds.update(range(lo, hi + 1))
+    return sorted(seeds)
 
 
 def _choices(kind: str, value: Any, valid) -> list[str]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
-    elif isinstance(value, list):
-        items = [str(v).strip() for v in value]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
     else:
-        raise ConfigError(f"Invalid {kind} {value!r}. Expected a comma-separated string or a list.")
+        raise ConfigError(f"Invalid {kind} {value!r}. Expected a comma-separated string or a "
+                          "list of strings.")
     if items == ["all"]:
         return list(valid)
     if not items or any(not v for v in items):
@@ -94,20 +151,36 @@ def _choices(kind: str, value: Any, valid) -> list[str]:
 
 
 def _number(key: str, value: Any, kind=float, minimum=None, strict_min=False) -> Any:
+    """An int or float setting: a TOML number of that kind (an integer
+    setting takes no float), or a string of ASCII digits (the flags)."""
+    expected = "an integer such as 10" if kind is int else "a number such as 0.5"
     try:
-        if isinstance(value, bool):
+        if isinstance(value, str):
+            number = parse_int(value) if kind is int else parse_number(value)
+        elif type(value) is int or (kind is float and type(value) is float):
+            number = kind(value)
+        else:
             raise ValueError
-        number = kind(value)
-        if kind is int and float(value) != number:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"Invalid {key} {value!r}. Expected {'an integer' if kind is int else 'a number'}.") from None
+    except (ValueError, OverflowError):
+        raise ConfigError(f"Invalid {key} {value!r}. Expected {expected} (ASCII digits "
+                          "only).") from None
     if isinstance(number, float) and not math.isfinite(number):
         raise ConfigError(f"Invalid {key} {value!r}. Expected a finite number.")
     if minimum is not None and (number <= minimum if strict_min else number < minimum):
         op = ">" if strict_min else ">="
         raise ConfigError(f"Invalid {key} {value!r}. Expected a value {op} {minimum}.")
     return number
+
+
+def _out(value: Any) -> str | None:
+    """The run folder: a non-empty path (an empty one would be the current
+    directory)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ConfigError(f"Invalid out {value!r}. Expected the path of a run folder: a "
+                          "non-empty string.")
+    return value
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -119,6 +192,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Config file {str(path)!r} is not valid TOML: {exc}.") from None
+    except RecursionError:
+        raise ConfigError(f"Config file {str(path)!r} is nested too deeply to be a harness "
+                          "config.") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {str(path)!r} cannot be read: {exc.strerror}.") from None
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ConfigError(f"Unknown key {unknown[0]!r} in config file {str(path)!r}. "
@@ -133,8 +211,11 @@ def _axis_value(axis: Axis, value: Any) -> Any:
     if axis.kind == "seeds":
         return parse_seeds(value)
     if axis.kind == "choice":
+        if not isinstance(value, str):
+            raise ConfigError(f"Invalid {axis.key} {value!r}. Expected a string, one of "
+                              f"{{{', '.join(axis.valid())}}}.")
         try:
-            return registry.check_choice(axis.key, str(value), axis.valid())
+            return registry.check_choice(axis.key, value, axis.valid())
         except registry.UnknownChoice as exc:
             raise ConfigError(str(exc)) from None
     if value is None and axis.default is None:
@@ -159,11 +240,18 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
             raise ConfigError(f"Invalid epochs {raw['epochs']!r} for float32: its tolerance "
                               f"(harness/compare.py) is measured up to {limit} steps. Expected "
                               f"epochs <= {limit}, or dtype float64.")
-    cfg["out"] = None if raw["out"] is None else str(raw["out"])
+    cfg["out"] = _out(raw["out"])
     cfg["timeout"] = (None if raw["timeout"] is None
                       else _number("timeout", raw["timeout"], minimum=0, strict_min=True))
     cfg["repeat"] = _number("repeat", raw["repeat"], int, 1)
     cfg.update(executor_settings(raw["executor"], raw["scheduler"]))
+    runs = cfg["repeat"]
+    for _, axis in AXES:
+        if axis.crossed:
+            runs *= len(cfg[axis.key])
+    if runs > MAX_CELL_RUNS:
+        raise ConfigError(f"Invalid matrix: {runs} cell runs (cells times repeat). Expected at "
+                          f"most {MAX_CELL_RUNS} per run; split it into several runs.")
     return cfg
 
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.tasks import CELL_FIELDS, Cell, reads_cell_fields
+from harness.tasks import (AXES, CELL_FIELDS, GATES, Cell, n_inputs, param_shapes,
+                           reads_cell_fields)
 
 # 1: the original fields (verdict fields, diverged_epoch and repeat_mismatch
 #    were added later without a bump, so a schema-1 record may lack them).
@@ -120,6 +124,154 @@ class Record:
 OWN_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "cell")
 # The flat field names of a record on disk, in order.
 RECORD_FIELDS = (*CELL_FIELDS, *OWN_FIELDS)
+
+
+# ----------------------------------------------------------------- validation
+#
+# A run folder is input like any other: a record that parses as JSON may
+# still hold a list where the seed goes.  ``check`` refuses such a record
+# with the field at fault, so that nothing downstream (the oracle, the
+# report, a resume that has already run cells) meets a value of the wrong
+# type.  The expected types are the dataclass annotations of Cell and
+# Record; the constraints beyond types come from the axes declared on Cell
+# (valid choices, minimums) and from the task contract (parameter shapes,
+# rows, one loss per epoch).
+
+_HINTS = {**typing.get_type_hints(Cell), **typing.get_type_hints(Record)}
+_HINTS.pop("cell")
+_AXIS = dict(AXES)
+# Written as null: NaN and infinities (strict JSON), inside number lists too.
+_NUMBER_LISTS = ("probs", "loss_curve")
+_PARAMS = ("params_init", "params_final")
+# Fields an ok or diverged record always has (harness.execution.child).
+_TRAINED = ("params_init", "params_final", "probs", "preds", "accuracy", "learned",
+            "loss_curve")
+DEPARTED_BANDS = ("params_final", "loss_curve")
+
+
+def _short(value: Any) -> str:
+    """A value as the JSON it was read from (null, true, "x"), cut short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(hint) -> str:
+    """An annotation in words, for a message: 'a list of numbers or null'."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of {" + ", ".join(m.value for m in hint) + "}"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return "a list" + (f" of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+                           if args else "")
+    if origin is dict or hint is dict:
+        return "a mapping" + (" of names to nested lists" if args and args[1] is list else "")
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            Any: "any value"}.get(hint, str(hint))
+
+
+def _conforms(value: Any, hint, in_list: bool = False) -> bool:
+    """Whether a decoded JSON value has the annotated type (bool is not a
+    number, a float is not an integer; a number in a list may be null)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, h, in_list) for h in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return type(value) is str and value in {m.value for m in hint}
+    if hint is float:
+        return type(value) in (int, float) or (in_list and value is None)
+    if hint in (int, str, bool):
+        return type(value) is hint
+    if origin is list or hint is list:
+        return type(value) is list and (not args or all(_conforms(v, args[0], True)
+                                                        for v in value))
+    if origin is dict or hint is dict:
+        return type(value) is dict and all(type(k) is str for k in value) and (
+            not args or all(_conforms(v, args[1]) for v in value.values()))
+    raise TypeError(f"no check for annotation {hint!r}")  # a new field type: add it here
+
+
+def _shaped(value: Any, shape: tuple[int, ...], nulls: bool) -> bool:
+    """Whether value is a nested list of numbers of exactly this shape."""
+    if not shape:
+        return type(value) in (int, float) or (nulls and value is None)
+    return (type(value) is list and len(value) == shape[0]
+            and all(_shaped(v, shape[1:], nulls) for v in value))
+
+
+def check(d: dict[str, Any]) -> dict[str, Any]:
+    """A current-schema record dict, returned unchanged if every field has
+    its type and fits its cell; else ValueError naming the first field at
+    fault, what it holds and what is valid (one line)."""
+    def bad(name: str, expected: str) -> ValueError:
+        return ValueError(f"field {name!r} is {_short(d[name])}, expected {expected}")
+
+    for name, value in d.items():
+        if name not in _HINTS:
+            raise ValueError(f"unknown field {name!r}")
+        if not _conforms(value, _HINTS[name]):
+            raise bad(name, _describe(_HINTS[name]))
+    # The cell: the values its axes allow (any backend name: a folder may
+    # come from a machine with other backends registered).
+    for name, axis in AXES:
+        if name not in d or d[name] is None or name == "backend":
+            continue
+        value, valid = d[name], axis.valid()
+        if valid and value not in valid:
+            raise bad(name, "one of {" + ", ".join(valid) + "}")
+        if axis.minimum is not None and (value <= axis.minimum if axis.above
+                                         else value < axis.minimum):
+            raise bad(name, f"a number {'>' if axis.above else '>='} {axis.minimum:g}")
+    if not d["backend"]:
+        raise bad("backend", "a backend name")
+    if d["seed"] < 0:
+        raise bad("seed", "an integer >= 0")
+    cell = Cell.from_dict(d)
+    if cell.arch == "multi" and cell.hidden is None:
+        raise bad("hidden", "an integer >= 1 for arch multi")
+    # What the cell produced, against the task contract.
+    status = d["status"]
+    trained = status in ("ok", "diverged")
+    for name in _TRAINED if trained else ():
+        if d.get(name) is None:
+            raise ValueError(f"field {name!r} is {'null' if name in d else 'missing'}, "
+                             f"expected a value in a record with status {status!r}")
+    nulls = status != "ok"  # only a diverged (or failed) cell holds NaN or infinities
+    shapes = dict(param_shapes(cell.arch, n_inputs(cell.gate), cell.hidden))
+    for name in _PARAMS:
+        params = d.get(name)
+        if params is None:
+            continue
+        if list(params) != list(shapes) or not all(
+                _shaped(params[k], shape, nulls and name == "params_final")
+                for k, shape in shapes.items()):
+            raise bad(name, "parameters " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+                      + " of numbers")
+    rows = len(GATES[cell.gate])
+    for name, length in (("probs", rows), ("preds", rows), ("loss_curve", cell.epochs)):
+        value = d.get(name)
+        if value is not None and (len(value) != length or not all(
+                _shaped(v, (), nulls and name in _NUMBER_LISTS) for v in value)):
+            raise bad(name, f"a list of {length} {'integers' if name == 'preds' else 'numbers'}"
+                            f" for this cell")
+    if status == "ok" and d.get("loss_final") is None:
+        raise bad("loss_final", "a number in a record with status 'ok'")
+    for name in ("first_departure", "learned_epoch", "diverged_epoch"):
+        if d.get(name) is not None and d[name] < 0:
+            raise bad(name, "an integer >= 0 or null")
+    if d.get("departed") is not None and not set(d["departed"]) <= set(DEPARTED_BANDS):
+        raise bad("departed", "a list of " + " and ".join(DEPARTED_BANDS))
+    return d
 
 
 # ----------------------------------------------------------------- migrations

@@ -27,13 +27,18 @@ class Resume:
     config: dict[str, Any]
 
     def check_versions(self, versions: dict[str, Any]) -> None:
-        """A resumed run must use the frameworks it started with."""
-        before = self.manifest.get("versions")
-        if not isinstance(before, dict):
-            raise RunFolderError(f"{self.run_dir / 'manifest.json'}: 'versions' is not a "
-                                 "mapping of framework versions; cannot check them.")
+        """A resumed run must use the frameworks it started with.  Every
+        backend a run starts is in its manifest's versions (the loader made
+        sure they are a mapping), so a missing one is not skipped: it means
+        the check cannot be made."""
+        before = self.manifest["versions"]
         for name, now in versions.items():
-            if name in before and before[name] != now:
+            if name not in before:
+                raise RunFolderError(
+                    f"{self.run_dir / 'manifest.json'}: field 'versions' has no entry for "
+                    f"{name}, so this resume cannot check that {name} is the version the run "
+                    "started with.")
+            if before[name] != now:
                 raise RunFolderError(
                     f"{self.run_dir / 'manifest.json'}: this run started with {name} "
                     f"{before[name]!r}, now it is {now!r}; resume it where the same versions "

@@ -46,8 +46,9 @@ class RunOutcome:
     run_dir: Path
     records: list[Record] = field(default_factory=list)
     total: int = 0  # cells in the matrix
-    interrupted: bool = False
-    lost: str | None = None  # why the run stopped short, when not by Ctrl-C
+    # The signal that ended the run early (SIGINT, SIGTERM), or 0.
+    interrupted: int = 0
+    lost: str | None = None  # why the run stopped short, when not by a signal
 
     @property
     def errors(self) -> int:
@@ -60,7 +61,11 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
 
     ``resume``: a run to finish (harness.resume): only cells without a record
     run, and the folder ends as an uninterrupted run would leave it.  Ctrl-C
-    ends the workers and keeps every finished record (``outcome.interrupted``).
+    (KeyboardInterrupt; ``harness.cli`` turns SIGTERM into one with a
+    ``signum``) ends the workers and keeps every finished record
+    (``outcome.interrupted``).  A file that cannot be written raises
+    ``results.CannotWrite`` once the workers have ended; every record
+    appended before it stays in results.jsonl.
     """
     started = time.monotonic()
     progress = progress or NullProgress()
@@ -91,8 +96,11 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
             # schema's records in the current one before the manifest says so.
             write_tables(run_dir, outcome.records)
         write_manifest(run_dir, man)
-        _run(config, cells, todo, avail, pool, outcome, progress,
-             f"harness: {len(cells)} cells, {len(todo)} to run, {pool.where} -> {run_dir}")
+        try:
+            _run(config, cells, todo, avail, pool, outcome, progress,
+                 f"harness: {len(cells)} cells, {len(todo)} to run, {pool.where} -> {run_dir}")
+        finally:
+            progress.finish()  # a live display must not outlive the run, however it ends
     finally:
         pool.shutdown()
     with _no_interrupts():
@@ -107,7 +115,6 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
             man["timing"] = timing
             man["executor"] = pool.info  # with any Dask worker that joined mid-run
         write_manifest(run_dir, man)
-    progress.finish()
     return outcome
 
 
@@ -161,10 +168,10 @@ def _run(config, cells: list[Cell], todo: list[Cell], avail, pool,
             else:
                 tasks += [engine.Task(cell, r) for r in range(repeat)]
         pool.run(sorted(tasks, key=lambda t: registry.cell_order(t.cell)), on_result)
-    except KeyboardInterrupt:
-        outcome.interrupted = True
+    except KeyboardInterrupt as exc:
+        outcome.interrupted = getattr(exc, "signum", signal.SIGINT)
     except ClusterLost as exc:
-        outcome.interrupted, outcome.lost = True, str(exc)
+        outcome.lost = str(exc)
     finally:
         writer.close()
 
@@ -180,15 +187,17 @@ def _compare_repeats(runs: dict[int, Record]) -> Record:
 
 @contextlib.contextmanager
 def _no_interrupts():
-    """Let the final writes finish even if Ctrl-C is pressed again."""
+    """Let the final writes finish even if Ctrl-C is pressed again or
+    SIGTERM arrives (they take milliseconds; the records are safe either way)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _versions(avail: dict[str, registry.Availability]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,12 +101,81 @@ def one_line_exit_2(r, needle):
     (["--config", "no/such.toml"], "no/such.toml"),
     (["--lr"], "--lr"),
     (["--frobnicate"], "--frobnicate"),
+    # Numbers are ASCII digits only: int() takes underscores, isdigit() and
+    # int() take the digits of other scripts.
+    (["--seeds", "\u0663"], "'\u0663'"),
+    (["--seeds", "1_0"], "'1_0'"),
+    (["--seeds", "0-\u0661"], "'0-\u0661'"),
+    (["--jobs", "\u0662"], "--jobs '\u0662'"),
+    (["--jobs", "1_0"], "--jobs '1_0'"),
+    (["--epochs", "1_0"], "epochs '1_0'"),
+    (["--epochs", " 10"], "epochs ' 10'"),
+    (["--hidden", "\u0662"], "hidden '\u0662'"),
+    (["--repeat", "\uff12"], "repeat '\uff12'"),
+    (["--lr", "0_5"], "lr '0_5'"),
+    (["--lr", "\u0660.\u0665"], "lr '\u0660.\u0665'"),
+    (["--lr", "nan"], "lr 'nan'"),
+    (["--lr", "infinity"], "lr 'infinity'"),
+    (["--timeout", "1_0"], "timeout '1_0'"),
+    (["--init-scale", "1e999"], "finite"),
+    # Bounded before anything is allocated.
+    (["--seeds", "0-99999999"], "at most 100000 seeds"),
+    (["--seeds", "0-5,99999999999999999999"], "seeds must be from 0 to"),
+    (["--seeds", "0-99999"], "at most 1000000"),
+    (["--backends", "numpy", "--repeat", "99999999"], "at most 1000000"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     out = tmp_path / "run"
+    t0 = time.monotonic()
     r = harness("run", *args, "--out", str(out))
     one_line_exit_2(r, needle)
     assert not out.exists()
+    assert time.monotonic() - t0 < 60  # refused at once, not after filling memory
+
+
+@pytest.mark.parametrize("args", [["--out", ""], ["--out", "", "--backends", "numpy"]])
+def test_empty_out_is_refused_not_the_current_directory(tmp_path, args):
+    r = harness("run", *args, "--levels", "raw", "--gates", "and", "--archs", "single",
+                cwd=tmp_path)
+    one_line_exit_2(r, "Invalid out ''")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("out = 5\n", "Invalid out 5"),
+    ("out = [\"a\"]\n", "Invalid out ['a']"),
+    ("out = \"\"\n", "Invalid out ''"),
+    ("out = \"a\\u0000b\"\n", "Invalid out"),
+    ("out = {a = 1}\n", "Invalid out"),
+    ("dtype = [\"float32\"]\n", "Invalid dtype ['float32']"),
+    ("init = 0\n", "Invalid init 0"),
+    ("levels = [1]\n", "Invalid levels [1]"),
+    ("gates = {and = true}\n", "Invalid gates"),
+    ("seeds = [[1]]\n", "Invalid seeds [[1]]"),
+    ("seeds = 1.5\n", "Invalid seeds 1.5"),
+    ("seeds = \"\\u0663\"\n", "'\u0663'"),
+    ("epochs = 2.0\n", "Invalid epochs 2.0"),
+    ("epochs = \"1_0\"\n", "Invalid epochs '1_0'"),
+    ("hidden = true\n", "Invalid hidden True"),
+    ("lr = [0.5]\n", "Invalid lr [0.5]"),
+    ("timeout = \"soon\"\n", "Invalid timeout 'soon'"),
+    ("repeat = 2.0\n", "Invalid repeat 2.0"),
+    ("seeds = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_config_values_of_the_wrong_type(tmp_path, text, needle):
+    # No --out flag: the file's own `out` (or the default) is what is tested,
+    # and the current directory is where a bad one would have been created.
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + ("" if "out =" in text else "backends = \"numpy\"\n"))
+    r = harness("run", "--config", str(cfg), cwd=tmp_path)
+    one_line_exit_2(r, needle)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.toml"]
+
+
+@pytest.mark.parametrize("seed", ["\u0663", "1_0", "-1", " 1"])
+def test_gradcheck_seed_ascii_only(seed):
+    one_line_exit_2(harness("gradcheck", "--backends", "numpy", "--seed", seed),
+                    f"Invalid seed {seed!r}")
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -164,7 +234,7 @@ def test_resume_rejects_folders_that_are_not_ours(tmp_path):
          "results.jsonl:1: this cell is not in"),
         ([], {"manifest.json": json.dumps({**man, "config": {**man["config"], "gates": ["andd"]}}),
               "results.jsonl": lines[0]}, "'andd'"),
-        ([], {"manifest.json": json.dumps({**man, "config": "x"})}, "not a harness run configuration"),
+        ([], {"manifest.json": json.dumps({**man, "config": "x"})}, "field 'config' is \"x\""),
         ([], {"manifest.json": json.dumps({**man, "versions": {**man["versions"], "numpy": "0.1"}}),
               "results.jsonl": lines[0]}, "'0.1'"),
         ([], {"manifest.json": json.dumps({**man, "schema_version": 99})}, "schema_version"),

@@ -1,5 +1,11 @@
-"""``harness report`` and ``harness diff`` end to end, on real run folders."""
+"""``harness report`` and ``harness diff`` end to end, on real run folders.
+
+The report needs the optional ``report`` extra (matplotlib): the tests of
+its pages skip, naming it, where it is not installed; the rest (diff, bad
+folders, the message without matplotlib) run everywhere.
+"""
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -12,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 SMALL = ["--backends", "numpy", "--levels", "raw", "--archs", "single", "--dtype", "float64"]
 
 
@@ -35,11 +42,21 @@ def run(tmp_path_factory):
                 "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "verdicts against the float64 oracle" in r.stdout and "findings: none" in r.stdout
-    assert f"report: {out}/report.html" in r.stdout
+    if HAVE_MATPLOTLIB:
+        assert f"report: {out}/report.html" in r.stdout
+    else:
+        assert "report: skipped" in r.stdout and "feedforward-harness[report]" in r.stdout
     return out
 
 
+def needs_matplotlib():
+    """Skip the calling test, naming what is missing, without the report extra."""
+    pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip install "
+                        "'feedforward-harness[report]')")
+
+
 def test_run_writes_self_contained_html(run):
+    needs_matplotlib()
     text = (run / "report.html").read_text()
     images = re.findall(r"<img [^>]*src='([^']*)'", text)
     assert len(images) >= 6
@@ -56,6 +73,7 @@ def test_run_writes_self_contained_html(run):
 
 
 def test_markdown_links_existing_pngs(run):
+    needs_matplotlib()
     md = (run / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert {"report-verdicts.png", "report-oracle-dev.png", "report-surfaces.png",
@@ -67,6 +85,7 @@ def test_markdown_links_existing_pngs(run):
 
 
 def test_report_command_rewrites_and_judges_old_records(run, tmp_path):
+    needs_matplotlib()
     old = tmp_path / "old"
     shutil.copytree(run, old)
     for p in old.glob("report*"):

@@ -92,7 +92,9 @@ def test_same_numbers_as_the_schema1_run(rerun):
         for field in COMPARED:
             assert getattr(a, field) == getattr(b, field), (cell, field)
         compared += 1
-    assert compared >= 50
+    # numpy, the reference, is always there; with every framework, all 108 ok cells.
+    missing = {c.backend for c in old if not availability(c.backend).ok}
+    assert compared >= (50 if not missing else sum(c.backend == "numpy" for c in old)), missing
 
 
 def test_schema1_folder_in_report_and_diff(tmp_path, rerun):

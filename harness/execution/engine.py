@@ -20,6 +20,8 @@ run and frameworks are probed.
 * Workers start in isolated mode (``python -I``) with an explicit import
   path: the harness's root and the entries of PYTHONPATH, never the current
   directory, so a ``numpy.py`` where ``harness run`` starts is not imported.
+* A worker dies with its parent (worker.die_with_parent): after kill -9 of
+  ``harness run`` no worker goes on computing with no one to read it.
 * Scheduling never changes a number: a cell is a pure function of its Cell
   (child.run_cell), and workers run math libraries single-threaded (unless
   the environment says otherwise) whatever ``--jobs`` is, so N workers use
@@ -35,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -66,7 +69,8 @@ def worker_env() -> dict[str, str]:
 
 def worker_command(backend: str) -> list[str]:
     """The worker's command line: isolated mode, so neither the current
-    directory nor PYTHON* variables shape its imports; the import path is
+    directory nor PYTHON* variables shape its imports (bytecode is written
+    or not as in this process); the import path is
     this harness's root (workers import the same harness as this process,
     wherever it came from), then PYTHONPATH's entries made absolute (an
     empty entry, which means the current directory, is dropped)."""
@@ -74,7 +78,11 @@ def worker_command(backend: str) -> list[str]:
     paths = list(dict.fromkeys([str(ROOT), *extra]))
     boot = (f"import sys; sys.path[:0] = {paths!r}; "
             "from harness.execution.worker import main; sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-I", "-c", boot, backend]
+    # Isolated mode ignores PYTHONDONTWRITEBYTECODE: pass on this process's choice.
+    flags = ["-I", *(["-B"] if sys.dont_write_bytecode else [])]
+    # Our pid: the worker ends itself when its parent is no longer this process.
+    started_by = "main" if threading.current_thread() is threading.main_thread() else "thread"
+    return [sys.executable, *flags, "-c", boot, backend, str(os.getpid()), started_by]
 
 
 def exit_cause(returncode: int) -> str:

@@ -1,4 +1,4 @@
-"""A worker process: ``python -I -m harness.execution.worker BACKEND``.
+"""A worker process: ``python -I -c <boot> BACKEND PARENT_PID`` (engine.worker_command).
 
 Protocol: one JSON object per line.  The worker imports its backend's
 framework (once) and writes ``{"state", "version", "detail",
@@ -18,9 +18,17 @@ of a cell that would never end: nobody is left to read its answer.
 Only the protocol uses the real stdout: file descriptor 1 is pointed at
 stderr so that anything a framework prints cannot corrupt it.  The parent
 keeps stderr in a file and reads its tail when a worker dies.
+
+A worker never outlives its parent, whatever it is computing: on Linux the
+kernel kills it (SIGKILL) when the parent dies (``prctl(PR_SET_PDEATHSIG)``);
+elsewhere a watchdog thread checks every half second that its parent is
+still the one that started it.  It ignores SIGINT and SIGTERM: Ctrl-C on a
+terminal, or a SIGTERM sent to the whole process group, reaches every
+process, and the parent alone decides what happens to its workers.
 """
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import json
 import os
@@ -29,15 +37,44 @@ import sys
 import threading
 import time
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# How often the portable fallback looks for its parent, in seconds.
+WATCHDOG_SECONDS = 0.5
+
+
+def die_with_parent(parent: int, from_main_thread: bool) -> None:
+    """End this process as soon as process ``parent`` (the harness that
+    started it) is gone, even in the middle of a computation that never
+    returns to Python."""
+    # The death signal fires when the *thread* that started us ends: armed
+    # only when that is the parent's main thread (the local engine's), which
+    # lives as long as the process; a Dask worker starts us from a pool
+    # thread, so there the watchdog below is all.
+    if from_main_thread and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    # If the parent died before the call above, we were already re-parented
+    # and no signal will come: check.
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
 
 def main(argv: list[str]) -> int:
-    # Ctrl-C on a terminal reaches the whole process group; the parent alone
-    # decides what happens to workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(int(argv[1]), from_main_thread=argv[2:3] == ["main"])
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     # A segfault then leaves a Python traceback in stderr for the record:
-    # the crashing thread's only (not the parent watch's below).
+    # the crashing thread's only (not the parent watchdog's).
     faulthandler.enable(all_threads=False)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr  # Python-level prints too, unbuffered, in order
@@ -66,12 +103,6 @@ def main(argv: list[str]) -> int:
         else:
             send({"gradcheck": gradients(name, request["gradcheck"])})
     return 0
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
 
 
 if __name__ == "__main__":

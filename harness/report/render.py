@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +66,7 @@ def write_pngs(run_dir: Path, sections) -> set[str]:
     names = set()
     for s in sections:
         for name, _, data in s.images:
-            tmp = run_dir / f".{name}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, run_dir / name)
+            atomic_write(run_dir / name, data)
             names.add(name)
     return names
 
