@@ -132,7 +132,7 @@ class Cell:
     declaration of the matrix's axes (each field's ``axis`` metadata).
 
     ``epochs`` left None becomes the arch's default; ``hidden`` is None for
-    ``single``, which has no hidden layer (and defaults to 2 for ``multi``); ``mode`` left None (or
+    ``single``, which has no hidden layer; ``mode`` left None (or
     "default") becomes the backend's default mode for the level.
     """
 
@@ -175,8 +175,6 @@ class Cell:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS[self.arch])
         if self.arch == "single":
             object.__setattr__(self, "hidden", None)
-        elif self.hidden is None:
-            object.__setattr__(self, "hidden", DEFAULT_HIDDEN)
         if self.mode in (None, "default"):
             from harness import registry  # the registry imports this module
             object.__setattr__(self, "mode", registry.default_mode(self.backend, self.level))

@@ -133,8 +133,8 @@ def test_worker_whose_parent_is_already_gone_exits():
     from harness.execution.engine import worker_command
 
     cmd = worker_command("numpy")
-    assert cmd[-2:] == ["numpy", str(os.getpid())]
-    cmd[-1] = "1"  # not our pid: as if we had died and it had been re-parented
+    assert cmd[-3:] == ["numpy", str(os.getpid()), "main"]
+    cmd[-2] = "1"  # not our pid: as if we had died and it had been re-parented
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, input="")
     assert r.returncode == 1 and r.stdout == ""
 

@@ -205,6 +205,10 @@ def test_mode_comparison_at_float32(tmp_path):
 
 
 def test_framework_against_framework(run):
+    pytest.importorskip("matplotlib")
+    from conftest import require
+
+    require("torch")
     md = (run / "report.md").read_text()
     assert "## Framework against framework" in md and (run / "report-frameworks.png").is_file()
     row = next(line for line in md.splitlines() if line.startswith("| numpy | torch |"))
