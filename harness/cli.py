@@ -169,10 +169,6 @@ def _jobs(value: str | None) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.progress import make_progress
-    from harness.runner import run_matrix
-    from harness.text import summary_table
-
     flags = {k: getattr(args, k) for k in KEYS}
     jobs = _jobs(args.jobs)
     if args.resume is not None:
@@ -212,7 +208,23 @@ def cmd_run(args) -> int:
             from harness.execution.dask_executor import require_distributed
 
             require_distributed()  # one line and exit 2 without the dask extra
+        created = not run_dir.exists()
         lock = _create_run_folder(run_dir)
+    try:
+        return _run_locked(args, cfg, run_dir, resume, jobs, lock)
+    except (ClusterError, RunFolderError, UsageError, ConfigError, ContractError):
+        # Refused before anything was recorded (e.g. a cluster whose workers
+        # disagree): the folder this command made goes again.
+        if resume is None and created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+
+
+def _run_locked(args, cfg, run_dir: Path, resume, jobs: int, lock) -> int:
+    from harness.progress import make_progress
+    from harness.runner import run_matrix
+    from harness.text import summary_table
+
     with lock:
         try:
             outcome = run_matrix(cfg, run_dir, sys.argv, jobs=jobs,
