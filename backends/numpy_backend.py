@@ -4,7 +4,10 @@ the frameworks hide.
 * ``raw``: forward pass and hand-derived backprop, update written out.
 * ``module``: tiny Linear / Sigmoid / loss classes with explicit forward and
   backward methods, chained like a framework's Sequential.
-* ``optimizer``: the same modules plus a small SGD optimizer object.
+* ``optimizer``: the same modules plus a small optimizer object
+  (``Optimizer``), which is the harness's textbook rule
+  (``harness.recipes.Textbook``) behind a ``step()``: the reference has no
+  framework whose formulas could depart.
 * ``custom``: a user's model class (``SingleLayerNet``, ``TwoLayerNet``)
   subclassing the reference's own ``Model`` base, as the notebook subclasses
   ``torch.nn.Module``: layers as attributes, ``forward`` written by the
@@ -22,7 +25,8 @@ import functools
 
 import numpy as np
 
-from harness.tasks import TrainResult, TrainSpec
+from harness.recipes import Textbook, in_effect
+from harness.tasks import TrainResult, TrainSpec, batches
 
 NAME = "numpy"
 IMPORTS = ("numpy",)
@@ -66,19 +70,36 @@ def backprop(params, x, y, p, h):
     return {"W1": x.T @ dz1, "b1": dz1.sum(axis=0), "W2": h.T @ dz, "b2": dz.sum(axis=0)}
 
 
+def _mean(spec, rows: int):
+    """The reduction as a divisor (None for sum): mean divides the batch's
+    summed loss, and so its gradient, by the batch's rows."""
+    return rows if spec.reduction == "mean" else None
+
+
 def train_raw(spec: TrainSpec) -> TrainResult:
     params = {k: v.copy() for k, v in spec.params.items()}
     start = {k: v.copy() for k, v in spec.params.items()}
+    hp = in_effect(spec.cell)
+    rule = Textbook(spec.cell, hp, np.sqrt)
     curve = []
     for _ in range(spec.epochs):
-        p, h = forward(params, spec.x)
-        curve.append(float(written_out_loss(p, spec.y)))
-        grads = backprop(params, spec.x, spec.y, p, h)
-        for name in params:
-            params[name] -= spec.lr * grads[name]
+        for rows in batches(spec.cell):
+            x, y = spec.x[rows], spec.y[rows]
+            p, h = forward(params, x)
+            n = _mean(spec, len(y))
+            loss = written_out_loss(p, y)
+            curve.append(float(loss if n is None else loss / n))
+            grads = backprop(params, x, y, p, h)
+            rule.tick()
+            for name in params:
+                g = grads[name] if n is None else grads[name] / n
+                params[name] = rule.step(name, params[name], g)
     p, _ = forward(params, spec.x)
+    n = _mean(spec, len(spec.y))
+    loss = written_out_loss(p, spec.y)
     return TrainResult(params_start=start, params_final=params, loss_curve=curve,
-                       loss_final=float(written_out_loss(p, spec.y)), probs=p.reshape(-1))
+                       loss_final=float(loss if n is None else loss / n), probs=p.reshape(-1),
+                       hparams=hp)
 
 
 # ------------------------------------------------------------- module level
@@ -189,25 +210,35 @@ class TwoLayerNet(Model):
         return self.linear2(self.sigmoid(self.linear1(x)))
 
 
-class BCEWithLogitsSum:
-    """Summed binary cross-entropy on logits, in the overflow-safe form
-    max(z, 0) - z y + log(1 + exp(-|z|)) that frameworks use."""
+class BCEWithLogits:
+    """Binary cross-entropy on logits, summed or averaged over the rows, in
+    the overflow-safe form max(z, 0) - z y + log(1 + exp(-|z|)) that
+    frameworks use."""
+
+    def __init__(self, reduction: str = "sum"):
+        self.reduction = reduction
 
     def forward(self, z, y):
         self.z, self.y = z, y
-        return np.sum(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
+        total = np.sum(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))
+        return total if self.reduction == "sum" else total / len(y)
 
     def backward(self):
-        return sigmoid(self.z) - self.y
+        dz = sigmoid(self.z) - self.y
+        return dz if self.reduction == "sum" else dz / len(self.y)
 
 
-class SGD:
-    def __init__(self, parameters, lr):
-        self.parameters, self.lr = parameters, lr
+class Optimizer:
+    """An optimizer object over (layer, key) parameters: the textbook rule
+    of the cell's family, one ``step()`` per update."""
+
+    def __init__(self, parameters, rule: Textbook):
+        self.parameters, self.rule = parameters, rule
 
     def step(self):
-        for layer, key in self.parameters:
-            layer.params[key] -= self.lr * layer.grads[key]
+        self.rule.tick()
+        for i, (layer, key) in enumerate(self.parameters):
+            layer.params[key] = self.rule.step(i, layer.params[key], layer.grads[key])
 
 
 def _build_model(spec: TrainSpec):
@@ -240,23 +271,27 @@ def train_custom(spec: TrainSpec) -> TrainResult:
 def _train_module(spec: TrainSpec, use_optimizer: bool, model=None, call=None) -> TrainResult:
     model = model or _build_model(spec)
     call = call or model.forward
-    loss_fn = BCEWithLogitsSum()
-    optimizer = SGD(model.parameters(), spec.lr) if use_optimizer else None
+    loss_fn = BCEWithLogits(spec.reduction)
+    hp = in_effect(spec.cell)
+    rule = Textbook(spec.cell, hp, np.sqrt)
+    optimizer = Optimizer(model.parameters(), rule) if use_optimizer else None
     start = _model_params(model)
     curve = []
     for _ in range(spec.epochs):
-        loss = loss_fn.forward(call(spec.x), spec.y)
-        curve.append(float(loss))
-        model.backward(loss_fn.backward())
-        if optimizer:
-            optimizer.step()
-        else:
-            for layer, key in model.parameters():
-                layer.params[key] -= spec.lr * layer.grads[key]
+        for rows in batches(spec.cell):
+            loss = loss_fn.forward(call(spec.x[rows]), spec.y[rows])
+            curve.append(float(loss))
+            model.backward(loss_fn.backward())
+            if optimizer:
+                optimizer.step()
+            else:
+                rule.tick()
+                for i, (layer, key) in enumerate(model.parameters()):
+                    layer.params[key] = rule.step(i, layer.params[key], layer.grads[key])
     z = call(spec.x)
     return TrainResult(params_start=start, params_final=_model_params(model), loss_curve=curve,
                        loss_final=float(loss_fn.forward(z, spec.y)),
-                       probs=sigmoid(z).reshape(-1))
+                       probs=sigmoid(z).reshape(-1), hparams=hp)
 
 
 # --------------------------------------------------------- perceptron levels

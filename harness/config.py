@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import registry
-from harness.tasks import AXES, Axis
+from harness.tasks import AXES, GATES, HPARAM_DEFAULTS, HYPERPARAMETERS, OPTIMIZERS, Axis
 
 # key: (default, help).  timeout: seconds per cell before it is killed
 # (None: no limit); repeat: runs per cell; executor, scheduler: where cells
@@ -230,16 +230,7 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     raw.update(file_values)
     raw.update({k: v for k, v in flag_values.items() if v is not None})
     cfg: dict[str, Any] = {axis.key: _axis_value(axis, raw[axis.key]) for _, axis in AXES}
-    if cfg["dtype"] == "float32" and cfg["epochs"] is not None:
-        # Every cell is judged against a tolerance measured for its step count;
-        # past the table there is none, and we do not invent one.
-        from harness.compare import FLOAT32_TOLERANCES
-
-        limit = FLOAT32_TOLERANCES[-1][0]
-        if cfg["epochs"] > limit:
-            raise ConfigError(f"Invalid epochs {raw['epochs']!r} for float32: its tolerance "
-                              f"(harness/compare.py) is measured up to {limit} steps. Expected "
-                              f"epochs <= {limit}, or dtype float64.")
+    check_recipe(cfg)
     cfg["out"] = _out(raw["out"])
     cfg["timeout"] = (None if raw["timeout"] is None
                       else _number("timeout", raw["timeout"], minimum=0, strict_min=True))
@@ -253,6 +244,38 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
         raise ConfigError(f"Invalid matrix: {runs} cell runs (cells times repeat). Expected at "
                           f"most {MAX_CELL_RUNS} per run; split it into several runs.")
     return cfg
+
+
+# Hyperparameters that are decay rates: a value of 1 or more never forgets.
+_UNIT_INTERVAL = ("momentum", "beta1", "beta2", "rho")
+
+
+def check_recipe(cfg: dict[str, Any]) -> None:
+    """The recipe keys against each other and the matrix: each
+    hyperparameter given applies to a chosen family, and only with --hparams
+    explicit; decay rates in [0, 1); a batch no larger than a table."""
+    families = cfg["optimizer"]
+    for name in HPARAM_DEFAULTS:
+        value = cfg[name]
+        if value is None:
+            continue
+        users = [f for f in OPTIMIZERS if name in HYPERPARAMETERS[f]]
+        if not any(f in families for f in users):
+            raise ConfigError(f"Invalid {name} {value!r} with optimizer "
+                              f"{','.join(families)}: it applies to {', '.join(users)}. "
+                              f"Expected it only with {' or '.join(users)}.")
+        if cfg["hparams"] == "defaults":
+            raise ConfigError(f"Invalid {name} {value!r} with hparams 'defaults', which passes "
+                              "only the learning rate. Expected hparams 'explicit' to set it.")
+        if name in _UNIT_INTERVAL and not 0 <= value < 1:
+            raise ConfigError(f"Invalid {name} {value!r}. Expected a value in [0, 1).")
+    size = cfg["batch_size"]
+    if size is not None:
+        for gate in cfg["gates"]:
+            rows = len(GATES[gate])
+            if size > rows:
+                raise ConfigError(f"Invalid batch_size {size!r}: gate {gate!r} has {rows} rows. "
+                                  f"Expected 1 to {rows} with these gates (default: all rows).")
 
 
 def executor_settings(executor: Any, scheduler: Any) -> dict[str, Any]:

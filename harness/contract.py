@@ -37,6 +37,25 @@ Optional
                            missing, for every (trained level, mode) that
                            MODES leaves out; a backend that declares no
                            MODES gets one shared reason instead.
+  ``OPTIMIZER_GAPS``       {family: reason}: optimizer families
+                           (``harness.tasks.OPTIMIZERS``) its optimizer
+                           object lacks; the ``optimizer`` and ``custom``
+                           levels of those families are ``unsupported``
+                           with the reason.  (The ``raw`` and ``module``
+                           levels write every family out by hand with
+                           ``harness.recipes.Textbook``.)
+  ``optimizer_defaults(family)`` -> {hyperparameter: value}: the
+                           framework's own defaults for the family, read
+                           from its optimizer object (``--hparams
+                           defaults`` at the hand-written levels); absent:
+                           the harness's.
+  ``departures(cell)``     -> tuple of ``harness.oracle.VARIANTS`` atoms:
+                           how the framework's optimizer object computes
+                           this cell's rule differently from the textbook
+                           (empty: it does not).  The oracle judges the
+                           cell against that variant when it departs from
+                           the textbook, so each named departure is tested
+                           on every cell it applies to.
   ``known_departure(cell)`` -> str | None: why a cell leaves the reference
                            through a framework behaviour no adapter can
                            change without rewriting the framework's own
@@ -51,18 +70,23 @@ the backend and the rule.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Mapping
 
-from harness.tasks import ARCHS, LEVELS, MODES, PERCEPTRON_LEVELS, TrainResult, TrainSpec
+from harness.tasks import (ARCHS, LEVELS, MODES, OPTIMIZERS, PERCEPTRON_LEVELS, TrainResult,
+                           TrainSpec)
 
 REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
-OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "loss_and_grad", "known_departure")
+OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "OPTIMIZER_GAPS", "loss_and_grad",
+            "known_departure", "departures", "optimizer_defaults")
 CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS", "MODES", "MODE_GAPS",
-             "ENV")
+             "ENV", "OPTIMIZER_GAPS")
+# Levels that use the framework's own optimizer object.
+OPTIMIZER_LEVELS = ("optimizer", "custom")
 
 
 class ContractError(ValueError):
@@ -87,6 +111,9 @@ class Backend:
     framework_version: Callable[[], str]
     loss_and_grad: Callable[[TrainSpec], tuple[float, dict]] | None
     known_departure: Callable[[Any], str | None] | None
+    optimizer_gaps: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    departures: Callable[[Any], tuple[str, ...]] | None = None
+    optimizer_defaults: Callable[[str], dict[str, float]] | None = None
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -105,6 +132,18 @@ class Backend:
             return limit[1]
         if mode is not None and mode not in self.modes[level]:
             return self.mode_gaps[(level, mode)]
+        return None
+
+    def recipe_gap(self, cell) -> str | None:
+        """Why it cannot run the cell's recipe, or None when it can."""
+        default = (cell.optimizer == "sgd" and cell.batch_size is None
+                   and cell.reduction == "sum" and not cell.weight_decay)
+        if cell.level in PERCEPTRON_LEVELS and not default:
+            return ("the perceptron levels have their own rule (Rosenblatt's, online or "
+                    "batch) and no loss: optimizer families, batch size, reduction and weight "
+                    "decay apply to the gradient levels only")
+        if cell.level in OPTIMIZER_LEVELS and cell.optimizer in self.optimizer_gaps:
+            return self.optimizer_gaps[cell.optimizer]
         return None
 
     def train(self, spec: TrainSpec) -> TrainResult:
@@ -223,7 +262,13 @@ def check(name: str, mod: ModuleType) -> Backend:
     for level in declared or {}:
         if level not in trainers:
             raise broken(f"MODES names level {level!r}, which it does not train")
-    for member in ("framework_version", "loss_and_grad", "known_departure"):
+    opt_gaps = getattr(mod, "OPTIMIZER_GAPS", {})
+    if not isinstance(opt_gaps, dict) or not all(
+            f in OPTIMIZERS and isinstance(r, str) and r.strip() for f, r in opt_gaps.items()):
+        raise broken("OPTIMIZER_GAPS must be a dict from optimizer family "
+                     f"({', '.join(OPTIMIZERS)}) to a reason")
+    for member in ("framework_version", "loss_and_grad", "known_departure", "departures",
+                   "optimizer_defaults"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):
             raise broken(f"{member} is not callable")
     has_grad = hasattr(mod, "loss_and_grad")
@@ -238,4 +283,7 @@ def check(name: str, mod: ModuleType) -> Backend:
         mode_gaps=MappingProxyType(gaps_by_mode), env=MappingProxyType(dict(env)),
         framework_version=mod.framework_version,
         loss_and_grad=getattr(mod, "loss_and_grad", None),
-        known_departure=getattr(mod, "known_departure", None))
+        known_departure=getattr(mod, "known_departure", None),
+        optimizer_gaps=MappingProxyType(dict(opt_gaps)),
+        departures=getattr(mod, "departures", None),
+        optimizer_defaults=getattr(mod, "optimizer_defaults", None))

@@ -6,10 +6,21 @@ slip in a backend cannot hide in both.  It starts from the record's own
 ``params_init`` (the values the backend loaded, float32 casts included) and
 runs in float64 whatever the record's dtype.
 
-* Gradient levels (raw, module, optimizer) share one trajectory: full-batch
-  gradient descent on the summed binary cross-entropy, written as
-  ``sum(log(1 + exp(z)) - y z)`` on the logits z, with the closed-form
-  gradient ``dL/dz = sigmoid(z) - y`` back-propagated by hand.
+* Gradient levels (raw, module, optimizer, custom) share one trajectory per
+  recipe: the optimizer family's textbook rule (``RULES`` below; the same
+  formulas as ``harness.recipes``, written again here) on the binary
+  cross-entropy of each batch (rows in table order), summed or averaged,
+  written as ``log(1 + exp(z)) - y z`` on the logits z, with the
+  closed-form gradient ``dL/dz = sigmoid(z) - y`` back-propagated by hand.
+* Variants: a framework's optimizer object may compute its family's rule
+  another way (epsilon in another place, hyperparameters held in float32,
+  another momentum form).  Each such departure is a named atom in
+  ``VARIANTS``; a backend names the atoms that explain a cell
+  (``departures`` in ``harness.contract``), and the cell is judged against
+  the textbook first and, when it departs, against the variant: it is
+  ``explained_by`` the variant only if the variant's trajectory reproduces
+  it within the same tolerance.  So every explanation is itself a tested
+  claim.
 * ``perceptron``: Rosenblatt's rule with g(0) = 0, row by row in table
   order; ``perceptron-batch``: the same rule summed over all rows.  Their
   "loss" is the number of misclassified rows.
@@ -34,6 +45,12 @@ A verdict (``judge``) compares a record with its trajectory:
 * ``learned_epoch``: the number of updates after which every row first came
   out right, read from the oracle's trajectory, which the cell follows when
   it agrees; None when the cell disagrees or does not end learned.
+* ``rule``: what the cell was judged against (its optimizer family, or its
+  perceptron rule); ``explained_by``: the variant that reproduces a cell
+  that departs from the textbook ("+"-joined atoms), else None.
+* ``unjudged``: a float32 cell with more updates than the tolerance table
+  has measured is not judged (no tolerance is guessed): its oracle_dev is
+  recorded, ``agrees`` is None and ``unjudged`` says why.
 * Records that are not ``ok`` get None for every verdict field.
 """
 from __future__ import annotations
@@ -43,15 +60,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.compare import loss_tolerance, relative_deviation, tolerance
-from harness.tasks import PERCEPTRON_LEVELS, truth_table
+from harness.compare import (NoTolerance, loss_tolerance, relative_deviation, tolerance)
+from harness.tasks import HYPERPARAMETERS, OPTIMIZERS, PERCEPTRON_LEVELS, truth_table
 
-RULES = ("gradient", "perceptron", "perceptron-batch")
+# The oracle's rules: one per optimizer family for the gradient levels, and
+# the two perceptron rules.
+RULES = (*OPTIMIZERS, "perceptron", "perceptron-batch")
 
 
-def rule_of(level: str) -> str:
-    """The oracle's rule for a level: the gradient levels share one."""
-    return level if level in PERCEPTRON_LEVELS else "gradient"
+def rule_of(level: str, optimizer: str = "sgd") -> str:
+    """The oracle's rule for a cell: the gradient levels share their family's."""
+    return level if level in PERCEPTRON_LEVELS else optimizer
 
 
 @dataclass(frozen=True)
@@ -65,13 +84,30 @@ class Problem:
     epochs: int
     # ((name, shape, flat values), ...) in canonical order.
     params: tuple
+    # The recipe: hyperparameters other than lr ((name, value), ...),
+    # batch size (None: all rows), reduction, and the variant's atoms
+    # (() for the textbook rule).
+    hp: tuple = ()
+    batch_size: int | None = None
+    reduction: str = "sum"
+    variant: tuple = ()
 
     @classmethod
-    def of(cls, record) -> "Problem":
-        rule = rule_of(record.level)
+    def of(cls, record, variant: tuple = ()) -> "Problem":
+        rule = rule_of(record.level, record.optimizer)
         params = tuple((name, np.shape(v), tuple(np.asarray(v, dtype=np.float64).ravel().tolist()))
                        for name, v in record.params_init.items())
-        return cls(record.arch, record.gate, rule, float(record.lr), int(record.epochs), params)
+        hp = ()
+        if rule in OPTIMIZERS:
+            # --hparams explicit: the values the harness passed; `defaults`:
+            # the framework's own, as its record read them back.
+            source = (record.hparams_used or {}) if record.hparams == "defaults" else {
+                name: getattr(record.cell, name) for name in HYPERPARAMETERS[rule]}
+            hp = tuple(sorted((k, float(v)) for k, v in source.items()
+                              if k != "lr" and v is not None))
+        lr = float(record.lr)
+        return cls(record.arch, record.gate, rule, lr, int(record.epochs), params, hp,
+                   record.batch_size, record.reduction, tuple(variant))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: np.array(flat, dtype=np.float64).reshape(shape)
@@ -163,15 +199,121 @@ def probability(params: dict, points: np.ndarray, rule: str = "gradient") -> np.
     return (z > 0).astype(np.float64) if rule != "gradient" else _sigmoid(z)
 
 
-def _gradient_descent(params, x, y, lr, epochs):
-    curve = np.empty((y.shape[0], epochs))
-    right = np.empty((y.shape[0], epochs + 1), dtype=bool)
-    for t in range(epochs):
-        curve[:, t], grad, z = loss_and_grad_batch(params, x, y)
-        right[:, t] = np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
-        params = {k: v - lr * grad[k] for k, v in params.items()}
+# ------------------------------------------------------------------ rules
+# The textbook rule of each optimizer family (the module docstring of
+# harness.recipes writes them out), and the named departures from it that
+# frameworks' optimizer objects make.  Each atom is a sentence and a few
+# lines below; a variant is a set of atoms.
+
+VARIANTS: dict[str, str] = {
+    "eps-hat": "adam with epsilon added to sqrt(s) before the bias correction: "
+               "p -= lr_t m / (sqrt(s) + eps), lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) "
+               "(Kingma & Ba's 'efficient version'; so eps is effectively eps / "
+               "sqrt(1 - b2^t) of the textbook's)",
+    "eps-inside-sqrt": "rmsprop with epsilon inside the square root: p -= lr g / sqrt(s + eps)",
+    "ones-init": "rmsprop's average of squared gradients starts at 1, not 0",
+    "float32-hparams": "every hyperparameter (lr, momentum, betas, eps, rho, weight decay, "
+                       "adam's bias-corrected step lr_t) is rounded to float32 before use "
+                       "(a C++ kernel taking them as float), the arithmetic stays in the "
+                       "parameters' dtype",
+    "decoupled-weight-decay": "weight decay applied to the parameter, p -= lr wd p, before the "
+                              "update, instead of wd p added to the gradient (AdamW-style)",
+    "nesterov-chainer": "nesterov as v = mu v - lr g; p += mu^2 v - (1 + mu) lr g, with the "
+                        "updated v (Bengio et al. 2013's formula uses the previous one)",
+}
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+class _Rule:
+    """One problem group's update rule: the textbook family, with the atoms
+    of ``variant`` applied."""
+
+    def __init__(self, family: str, lr: float, hp: dict, variant: tuple):
+        unknown = set(variant) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown oracle variant {sorted(unknown)[0]!r}")
+        self.family, self.variant = family, frozenset(variant)
+        if "float32-hparams" in self.variant:
+            lr, hp = _f32(lr), {k: _f32(v) for k, v in hp.items()}
+        self.lr, self.hp, self.t, self.state = lr, hp, 0, {}
+
+    def step(self, name, p, g):
+        lr, hp, family, var = self.lr, self.hp, self.family, self.variant
+        wd = hp.get("weight_decay", 0.0)
+        if wd and "decoupled-weight-decay" in var:
+            p = p - p * wd * lr
+        elif wd:
+            g = g + wd * p
+        if family == "sgd":
+            return p - lr * g
+        if family in ("momentum", "nesterov"):
+            mu = hp["momentum"]
+            if "nesterov-chainer" in var:
+                v = mu * self.state.get(name, 0.0) - lr * g
+                self.state[name] = v
+                return p + mu * mu * v - (1 + mu) * lr * g
+            v = mu * self.state.get(name, 0.0) + g
+            self.state[name] = v
+            return p - lr * (g + mu * v) if family == "nesterov" else p - lr * v
+        if family == "adam":
+            b1, b2, eps = hp["beta1"], hp["beta2"], hp["eps"]
+            m, s = self.state.get(name, (0.0, 0.0))
+            m = b1 * m + (1 - b1) * g
+            s = b2 * s + (1 - b2) * g * g
+            self.state[name] = (m, s)
+            if "eps-hat" in var:
+                lr_t = lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
+                if "float32-hparams" in var:
+                    lr_t = _f32(lr_t)
+                return p - lr_t * m / (np.sqrt(s) + eps)
+            return p - lr * (m / (1 - b1 ** self.t)) / (np.sqrt(s / (1 - b2 ** self.t)) + eps)
+        if family == "rmsprop":
+            rho, eps = hp["rho"], hp["eps"]
+            s = self.state.get(name, 1.0 if "ones-init" in var else 0.0)
+            s = rho * s + (1 - rho) * g * g
+            self.state[name] = s
+            if "eps-inside-sqrt" in var:
+                return p - lr * g / np.sqrt(s + eps)
+            return p - lr * g / (np.sqrt(s) + eps)
+        raise ValueError(f"no oracle rule {family!r}")
+
+
+def _all_right(params, x, y):
+    z, _ = forward(params, x)
+    return np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
+
+
+def _gradient_descent(params, x, y, problem: "Problem"):
+    """The trajectory of a group of problems sharing a recipe: one update
+    per batch, batches of rows in table order, one pass per epoch."""
+    rows = x.shape[0]
+    size = problem.batch_size or rows
+    slices = [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+    n = problem.epochs * len(slices)
+    rule = _Rule(problem.rule, problem.lr, dict(problem.hp), problem.variant)
+    full = len(slices) == 1
+    curve = np.empty((y.shape[0], n))
+    right = np.empty((y.shape[0], n + 1), dtype=bool)
+    u = 0
+    for _ in range(problem.epochs):
+        for sl in slices:
+            loss, grad, z = loss_and_grad_batch(params, x[sl], y[:, sl])
+            if problem.reduction == "mean":
+                count = sl.stop - sl.start
+                loss, grad = loss / count, {k: v / count for k, v in grad.items()}
+            curve[:, u] = loss
+            right[:, u] = (np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2)) if full
+                           else _all_right(params, x, y))
+            rule.t += 1
+            params = {k: rule.step(k, v, grad[k]) for k, v in params.items()}
+            u += 1
     loss, _, z = loss_and_grad_batch(params, x, y)
-    right[:, epochs] = np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
+    if problem.reduction == "mean":
+        loss = loss / rows
+    right[:, n] = np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
     return params, curve, loss, _sigmoid(z)[:, :, 0], right
 
 
@@ -209,8 +351,8 @@ def _solve_group(problems: list[Problem]) -> list[Trajectory]:
     y = np.stack([truth_table(p.gate, "float64")[1] for p in problems])
     arrays = [p.arrays() for p in problems]
     params = {name: np.stack([a[name] for a in arrays]) for name in arrays[0]}
-    if first.rule == "gradient":
-        final, curve, loss, probs, right = _gradient_descent(params, x, y, first.lr, first.epochs)
+    if first.rule in OPTIMIZERS:
+        final, curve, loss, probs, right = _gradient_descent(params, x, y, first)
     else:
         final, curve, loss, probs, right = _perceptron(params, x, y, first.lr, first.epochs,
                                                        online=first.rule == "perceptron")
@@ -230,7 +372,8 @@ def solve(problems: list[Problem]) -> list[Trajectory]:
     for p in dict.fromkeys(problems):
         if p not in _CACHE:
             shapes = tuple((name, shape) for name, shape, _ in p.params)
-            todo.setdefault((p.arch, shapes, p.rule, p.lr, p.epochs), []).append(p)
+            todo.setdefault((p.arch, shapes, p.rule, p.lr, p.epochs, p.hp, p.batch_size,
+                             p.reduction, p.variant), []).append(p)
     if len(_CACHE) + sum(map(len, todo.values())) > _CACHE_MAX:
         _CACHE.clear()
     for group in todo.values():
@@ -245,7 +388,7 @@ def trajectory(record) -> Trajectory:
 # ---------------------------------------------------------------- verdicts
 
 VERDICT_FIELDS = ("oracle_dev", "tolerance", "agrees", "first_departure", "departed",
-                  "learned_epoch")
+                  "learned_epoch", "rule", "explained_by", "unjudged")
 
 
 def first_departure(curve, oracle_curve, tol: float) -> int | None:
@@ -257,28 +400,66 @@ def first_departure(curve, oracle_curve, tol: float) -> int | None:
     return int(np.argmax(outside)) if outside.any() else None
 
 
-def verdict(record, traj: Trajectory) -> dict:
-    tol = tolerance(record.dtype, record.epochs)
+def _bands(record, traj: Trajectory, tol: float, curve_tol: float):
     dev = relative_deviation(record.params_final, traj.params_final)
     first = first_departure([*record.loss_curve, record.loss_final],
-                            [*traj.loss_curve, traj.loss_final],
-                            loss_tolerance(record.dtype, record.epochs))
+                            [*traj.loss_curve, traj.loss_final], curve_tol)
     departed = [*(["params_final"] if not dev <= tol else []),
                 *(["loss_curve"] if first is not None else [])]
+    return dev, first, departed
+
+
+def departures(record) -> tuple[str, ...]:
+    """The variant atoms the record's backend names for its cell (none for
+    a backend this process does not know)."""
+    from harness import registry  # registry imports the contract, not this module
+    return registry.departures(record.cell)
+
+
+def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
+            atoms: tuple[str, ...] = ()) -> dict:
+    """The verdict fields against the textbook trajectory ``traj`` and, for a
+    cell that departs from it, against ``variant`` (the trajectory of the
+    atoms its backend names)."""
+    steps = len(record.loss_curve)
+    rule = rule_of(record.level, record.optimizer)
+    try:
+        tol, curve_tol = tolerance(record.dtype, steps), loss_tolerance(record.dtype, steps)
+    except NoTolerance as exc:
+        dev = relative_deviation(record.params_final, traj.params_final)
+        return {"oracle_dev": dev, "tolerance": None, "agrees": None, "first_departure": None,
+                "departed": None, "learned_epoch": None, "rule": rule, "explained_by": None,
+                "unjudged": str(exc)}
+    dev, first, departed = _bands(record, traj, tol, curve_tol)
     agrees = not departed
+    explained = None
+    if not agrees and variant is not None and not _bands(record, variant, tol, curve_tol)[2]:
+        explained = "+".join(atoms)
+    learned = (traj if agrees else variant if explained else None)
     return {"oracle_dev": dev, "tolerance": tol, "agrees": agrees, "first_departure": first,
-            "departed": departed, "learned_epoch": traj.learned_epoch if agrees else None}
+            "departed": departed, "learned_epoch": learned.learned_epoch if learned else None,
+            "rule": rule, "explained_by": explained, "unjudged": None}
 
 
-def judge(record, traj: Trajectory | None = None):
+def judge(record, traj: Trajectory | None = None, variant: Trajectory | None = None):
     """The record with its verdict fields filled (None unless status is ok)."""
     if record.status != "ok":
         return dataclasses.replace(record, **dict.fromkeys(VERDICT_FIELDS))
-    return dataclasses.replace(record, **verdict(record, traj or trajectory(record)))
+    atoms = departures(record)
+    traj = traj or trajectory(record)
+    if atoms and variant is None:
+        variant = solve([Problem.of(record, atoms)])[0]
+    return dataclasses.replace(record, **verdict(record, traj, variant, atoms))
 
 
 def judge_all(records: list) -> list:
     """``judge`` for many records, their trajectories computed in batches."""
     ok = [r for r in records if r.status == "ok"]
-    trajs = dict(zip(map(id, ok), solve([Problem.of(r) for r in ok])))
-    return [judge(r, trajs.get(id(r))) for r in records]
+    atoms = {id(r): departures(r) for r in ok}
+    problems = [Problem.of(r) for r in ok]
+    variants = [Problem.of(r, atoms[id(r)]) for r in ok if atoms[id(r)]]
+    solved = solve(problems + variants)
+    trajs = dict(zip(map(id, ok), solved))
+    extra = iter(solved[len(problems):])
+    var = {id(r): next(extra) for r in ok if atoms[id(r)]}
+    return [judge(r, trajs.get(id(r)), var.get(id(r))) for r in records]

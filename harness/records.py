@@ -22,15 +22,18 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.tasks import (AXES, CELL_FIELDS, GATES, Cell, n_inputs, param_shapes,
-                           reads_cell_fields)
+from harness.tasks import (AXES, CELL_FIELDS, GATES, GRADIENT_LEVELS, Cell, n_inputs,
+                           param_shapes, reads_cell_fields, updates)
 
 # 1: the original fields (verdict fields, diverged_epoch and repeat_mismatch
 #    were added later without a bump, so a schema-1 record may lack them).
 # 2: first_divergence renamed first_departure (it never meant the
 #    `diverged` status); `departed` names the bands a disagreeing cell left.
 # 3: the cell's execution `mode` (eager, compiled, graph).
-SCHEMA_VERSION = 3
+# 4: the recipe: cell fields optimizer, hparams, momentum, beta1, beta2, eps,
+#    rho, weight_decay, batch_size, reduction; record fields hparams_used,
+#    rule, explained_by, unjudged.
+SCHEMA_VERSION = 4
 
 
 class Status(enum.StrEnum):
@@ -80,6 +83,10 @@ class Record:
     loss_curve: list[float] | None = None
     seconds: float | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The hyperparameters in effect (lr first), read back from the
+    # framework's optimizer object where it has one; None when not trained
+    # or for the perceptron levels.
+    hparams_used: dict[str, float] | None = None
     # The oracle's verdict (harness.oracle.judge); None unless status is ok.
     oracle_dev: float | None = None
     tolerance: float | None = None
@@ -93,6 +100,15 @@ class Record:
     # first NaN or infinite: an index into loss_curve, or `epochs` when only
     # the final state is.  None unless status is `diverged`.
     diverged_epoch: int | None = None
+    # What the cell was judged against: its optimizer family's textbook rule
+    # ("sgd", "adam", ...) or its perceptron rule.
+    rule: str | None = None
+    # For a cell that departs from the textbook: the oracle variant (its
+    # atoms joined by "+", harness.oracle.VARIANTS) that reproduces it.
+    explained_by: str | None = None
+    # Why an ok cell was not judged (agrees is None), e.g. a float32 run
+    # longer than the tolerance table measures.
+    unjudged: str | None = None
     # --repeat: names of the fields whose values differed between the runs
     # of this cell ([] when bit-identical); None when it was not repeated.
     repeat_mismatch: list[str] | None = None
@@ -258,7 +274,7 @@ def check(d: dict[str, Any]) -> dict[str, Any]:
             raise bad(name, "parameters " + ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
                       + " of numbers")
     rows = len(GATES[cell.gate])
-    for name, length in (("probs", rows), ("preds", rows), ("loss_curve", cell.epochs)):
+    for name, length in (("probs", rows), ("preds", rows), ("loss_curve", updates(cell))):
         value = d.get(name)
         if value is not None and (len(value) != length or not all(
                 _shaped(v, (), nulls and name in _NUMBER_LISTS) for v in value)):
@@ -306,9 +322,30 @@ def _v2_to_v3(rec: dict[str, Any]) -> dict[str, Any]:
     return {**rec, "mode": "compiled" if compiled else "eager"}
 
 
+# Before recipes, every gradient cell was full-batch plain SGD on the summed
+# loss, and was judged against that rule.
+_V3_RECIPE = {"optimizer": "sgd", "hparams": "explicit", "momentum": None, "beta1": None,
+              "beta2": None, "eps": None, "rho": None, "weight_decay": 0.0, "batch_size": None,
+              "reduction": "sum"}
+
+
+def _v3_to_v4(rec: dict[str, Any]) -> dict[str, Any]:
+    if "optimizer" in rec:
+        return rec
+    rec = {**rec, **{k: v for k, v in _V3_RECIPE.items() if k not in rec}}
+    judged = rec.get("agrees") is not None
+    level = rec.get("level")
+    rec["rule"] = (("sgd" if level in GRADIENT_LEVELS else level) if judged else None)
+    rec["explained_by"] = None
+    rec["unjudged"] = None
+    rec.setdefault("hparams_used", None)
+    return rec
+
+
 # version -> function upgrading one record dict from it to version + 1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2,
-                                                                     2: _v2_to_v3}
+                                                                     2: _v2_to_v3,
+                                                                     3: _v3_to_v4}
 
 
 def upgrade(rec: dict[str, Any], version: int) -> dict[str, Any]:

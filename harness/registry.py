@@ -132,6 +132,16 @@ def known_departure(cell) -> str | None:
     return hook(cell) if hook else None
 
 
+def departures(cell) -> tuple[str, ...]:
+    """The oracle variant atoms a cell's backend names for it (its optional
+    ``departures``); () for a backend this checkout does not have."""
+    try:
+        hook = backend(cell.backend).departures
+    except (UnknownChoice, contract.ContractError):
+        return ()
+    return tuple(hook(cell)) if hook else ()
+
+
 def known_gaps() -> dict[tuple[str, str], str]:
     """Every (backend, level) a backend lacks, with its reason: the one list of gaps."""
     return {(name, level): reason for name in BACKENDS

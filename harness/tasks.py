@@ -13,9 +13,17 @@ Conventions (identical for every backend and level):
   ``numpy.random.default_rng(seed).standard_normal(shape) * init_scale`` drawn
   in the order above, or zeros.  They are drawn in float64 and cast once to
   the run's dtype, so two backends given the same cell start bit-identical.
-* Loss = SUM over rows of binary cross-entropy; full-batch gradient descent.
-  ``loss_curve[t]`` is the loss at the parameters *before* update t, so it has
-  ``epochs`` entries; ``loss_final`` is the loss at the final parameters.
+* The recipe (``harness.recipes``): loss = binary cross-entropy over a
+  batch's rows, SUMMED (``reduction`` sum, the default) or averaged
+  (``mean``); batches of ``batch_size`` rows in truth-table order, no
+  shuffling (default: all rows, full-batch); an epoch is one pass over the
+  table, so it makes ``updates_per_epoch(cell)`` updates; the update rule is
+  the ``optimizer`` family's (default ``sgd``: plain gradient descent) with
+  its hyperparameters.
+* ``loss_curve[t]`` is the loss of update t's batch at the parameters
+  *before* update t, so it has ``epochs * updates_per_epoch`` entries (one
+  per epoch with the default full batch); ``loss_final`` is the loss over
+  all rows (with the cell's reduction) at the final parameters.
 * The perceptron levels have no cross-entropy: their "loss" is the number of
   misclassified rows, and their "probs" are the Heaviside outputs (0 or 1).
 * A row is predicted 1 when its probability is > 0.5.
@@ -55,6 +63,24 @@ INITS = ("normal", "zeros")
 # Gates no single threshold unit can represent: a single-layer cell that
 # learns one of these is a finding, not a success.
 NOT_LINEARLY_SEPARABLE = frozenset({"xor", "xnor"})
+
+# Optimizer families and their hyperparameters (harness.recipes has the
+# rules, harness.oracle the referee's own).  Every family also takes
+# ``weight_decay``: L2, added to the gradient (g + wd * p) before the rule.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "sgd": ("weight_decay",),
+    "momentum": ("momentum", "weight_decay"),
+    "nesterov": ("momentum", "weight_decay"),
+    "adam": ("beta1", "beta2", "eps", "weight_decay"),
+    "rmsprop": ("rho", "eps", "weight_decay"),
+}
+# The harness's one default per hyperparameter, passed to every framework
+# with --hparams explicit (the default).
+HPARAM_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "rho": 0.9,
+                   "weight_decay": 0.0}
+HPARAMS_MODES = ("explicit", "defaults")
+REDUCTIONS = ("sum", "mean")
 
 DEFAULT_LR = 0.5
 DEFAULT_EPOCHS = {"single": 100, "multi": 1000}
@@ -169,10 +195,56 @@ class Cell:
         key="modes", kind="choices", default="default", choices=("default", *MODES),
         help="comma list of execution modes, or 'all'; 'default' (the default) is each "
              "backend's usual mode for the level"))
+    optimizer: str = field(default="sgd", metadata=_axis(
+        key="optimizer", kind="choices", default="sgd", choices=OPTIMIZERS,
+        help="optimizer families, comma list or 'all' (default sgd: plain gradient descent)"))
+    hparams: str = field(default="explicit", metadata=_axis(
+        key="hparams", kind="choice", default="explicit", choices=HPARAMS_MODES,
+        help="explicit (default): pass every hyperparameter to every framework; defaults: "
+             "pass only the learning rate, leave the rest at each framework's defaults"))
+    momentum: float | None = field(default=None, metadata=_axis(
+        key="momentum", kind="float", default=None, minimum=0, help=(
+            f"momentum and nesterov (default {HPARAM_DEFAULTS['momentum']}), in [0, 1)")))
+    beta1: float | None = field(default=None, metadata=_axis(
+        key="beta1", kind="float", default=None, minimum=0,
+        help=f"adam (default {HPARAM_DEFAULTS['beta1']}), in [0, 1)"))
+    beta2: float | None = field(default=None, metadata=_axis(
+        key="beta2", kind="float", default=None, minimum=0,
+        help=f"adam (default {HPARAM_DEFAULTS['beta2']}), in [0, 1)"))
+    eps: float | None = field(default=None, metadata=_axis(
+        key="eps", kind="float", default=None, minimum=0, above=True,
+        help=f"adam and rmsprop (default {HPARAM_DEFAULTS['eps']:g}), > 0"))
+    rho: float | None = field(default=None, metadata=_axis(
+        key="rho", kind="float", default=None, minimum=0,
+        help=f"rmsprop's decay of the squared-gradient average (default "
+             f"{HPARAM_DEFAULTS['rho']}), in [0, 1)"))
+    weight_decay: float | None = field(default=None, metadata=_axis(
+        key="weight_decay", kind="float", default=None, minimum=0,
+        help="L2 coefficient added to the gradient, every family (default 0)"))
+    batch_size: int | None = field(default=None, metadata=_axis(
+        key="batch_size", kind="int", default=None, minimum=1,
+        help="rows per update, in truth-table order (default: all rows; 1 = online)"))
+    reduction: str = field(default="sum", metadata=_axis(
+        key="reduction", kind="choice", default="sum", choices=REDUCTIONS,
+        help="sum (default) or mean of the loss over a batch's rows"))
 
     def __post_init__(self):
         if self.epochs is None and self.arch in DEFAULT_EPOCHS:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS[self.arch])
+        # A hyperparameter is held only by the cells whose family uses it, and
+        # only with --hparams explicit (with `defaults` the framework's own
+        # values are in effect, and the record reads them back).
+        uses = HYPERPARAMETERS.get(self.optimizer, ())
+        for name in HPARAM_DEFAULTS:
+            value = getattr(self, name)
+            if name not in uses or self.hparams == "defaults":
+                value = None
+            elif value is None:
+                value = HPARAM_DEFAULTS[name]
+            object.__setattr__(self, name, None if value is None else float(value))
+        if self.batch_size is not None and self.gate in GATES and (
+                self.batch_size >= len(GATES[self.gate])):
+            object.__setattr__(self, "batch_size", None)  # all rows: one full batch
         if self.arch == "single":
             object.__setattr__(self, "hidden", None)
         if self.mode in (None, "default"):
@@ -199,6 +271,34 @@ def reads_cell_fields(cls):
 # (Cell field, its axis), in field order.
 AXES: tuple[tuple[str, Axis], ...] = tuple((f.name, f.metadata["axis"])
                                            for f in dataclasses.fields(Cell))
+
+
+def updates_per_epoch(cell: Cell) -> int:
+    """Updates in one pass over the truth table."""
+    rows = len(GATES[cell.gate])
+    return -(-rows // (cell.batch_size or rows))
+
+
+def batches(cell: Cell) -> list[slice]:
+    """The row slices of one epoch's updates, in truth-table order."""
+    rows = len(GATES[cell.gate])
+    size = cell.batch_size or rows
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+def updates(cell: Cell) -> int:
+    """Updates in the whole run: the length of ``loss_curve``."""
+    return cell.epochs * updates_per_epoch(cell)
+
+
+def hyperparameters(cell: Cell) -> dict[str, float]:
+    """The hyperparameters the cell passes (lr first), as with --hparams
+    explicit; with ``defaults`` only the learning rate."""
+    out = {"lr": float(cell.lr)}
+    for name in HYPERPARAMETERS.get(cell.optimizer, ()):
+        if getattr(cell, name) is not None:
+            out[name] = getattr(cell, name)
+    return out
 
 
 def init_params(cell: Cell) -> dict[str, np.ndarray]:
@@ -251,3 +351,8 @@ class TrainResult:
     probs: np.ndarray
     # Backend-specific facts worth recording (e.g. TensorFlow's execution mode).
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The hyperparameters in effect ({"lr": ..., ...}), read back from the
+    # framework's optimizer object where it exposes them; None for the
+    # perceptron levels.  ``harness.recipes.in_effect`` for the hand-written
+    # levels.
+    hparams: dict[str, float] | None = None

@@ -21,7 +21,7 @@ from harness import registry
 from harness.oracle import judge
 from harness.records import Record, Status
 from harness.registry import Availability
-from harness.tasks import Cell, TrainResult, TrainSpec, init_params
+from harness.tasks import Cell, TrainResult, TrainSpec, init_params, updates
 
 
 def import_framework(name: str) -> Availability:
@@ -86,7 +86,7 @@ def record_from_result(cell: Cell, version: str | None, result: TrainResult,
     preds = (probs > 0.5).astype(int)
     correct = preds == y
     status, message, epoch = Status.OK, "", None
-    diverged = divergence(result, cell.epochs)
+    diverged = divergence(result, updates(cell))
     if diverged:
         status = Status.DIVERGED
         epoch, message = diverged
@@ -96,12 +96,15 @@ def record_from_result(cell: Cell, version: str | None, result: TrainResult,
         probs=probs.tolist(), preds=preds.tolist(), accuracy=float(correct.mean()),
         learned=bool(correct.all()), loss_final=float(result.loss_final),
         loss_curve=[float(v) for v in result.loss_curve], seconds=seconds,
-        info=dict(result.info))
+        info=dict(result.info),
+        hparams_used=(None if result.hparams is None else
+                      {k: float(v) for k, v in result.hparams.items()}))
 
 
 def unsupported(cell: Cell, version: str | None = None) -> Record | None:
     """The `unsupported` record of a cell its backend cannot run, else None."""
-    reason = registry.backend(cell.backend).gap(cell.level, cell.arch, cell.mode)
+    spec = registry.backend(cell.backend)
+    reason = spec.gap(cell.level, cell.arch, cell.mode) or spec.recipe_gap(cell)
     return (Record.for_cell(cell, Status.UNSUPPORTED, reason, backend_version=version)
             if reason else None)
 
@@ -120,9 +123,9 @@ def run_cell(cell: Cell, version: str | None = None) -> Record:
         result = backend.train(spec)
         seconds = time.perf_counter() - t0
         _check_start(cell, expected, result.params_start)
-        if len(result.loss_curve) != cell.epochs:
+        if len(result.loss_curve) != updates(cell):
             raise AssertionError(f"loss_curve has {len(result.loss_curve)} entries, "
-                                 f"expected one per epoch ({cell.epochs})")
+                                 f"expected one per update ({updates(cell)})")
         if list(result.params_final) != list(expected):
             raise AssertionError(f"backend returned final parameters {list(result.params_final)}"
                                  f", expected {list(expected)} (canonical order)")
