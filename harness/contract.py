@@ -191,7 +191,7 @@ def check(name: str, mod: ModuleType) -> Backend:
         raise broken("LEVELS is derived from TRAINERS and must not be declared")
     for k in vars(mod):
         close = difflib.get_close_matches(k, CONSTANTS, n=1, cutoff=0.8)
-        if k.isupper() and k not in CONSTANTS and close:
+        if k.isupper() and not k.startswith("_") and k not in CONSTANTS and close:
             raise broken(f"{k} is not a contract member; did you mean {close[0]}?")
     if mod.NAME != name:
         raise broken(f"NAME is {mod.NAME!r}, not the name it is registered under")

@@ -48,6 +48,16 @@ A verdict (``judge``) compares a record with its trajectory:
 * ``rule``: what the cell was judged against (its optimizer family, or its
   perceptron rule); ``explained_by``: the variant that reproduces a cell
   that departs from the textbook ("+"-joined atoms), else None.
+* ``horizon``: on some trajectories round-off is amplified past any
+  tolerance (an adaptive optimizer crossing a plateau normalises gradients
+  of ~1e-12 into steps of ~lr).  When a cell departs, the oracle runs its
+  own trajectory again with a 64-ulp error in every gradient; the first
+  update where
+  that leaves the band is the trajectory's horizon.  A cell whose departure
+  starts at or past the horizon agrees (or is explained) up to it:
+  ``horizon`` records the update, ``learned_epoch`` is None (the end state
+  is not the oracle's to vouch for).  A departure before the horizon is a
+  departure.
 * ``unjudged``: a float32 cell with more updates than the tolerance table
   has measured is not judged (no tolerance is guessed): its oracle_dev is
   recorded, ``agrees`` is None and ``unjudged`` says why.
@@ -91,6 +101,9 @@ class Problem:
     batch_size: int | None = None
     reduction: str = "sum"
     variant: tuple = ()
+    # The horizon probe (``perturbed``): every gradient times 1 + JITTER, an
+    # error injected at every update, as round-off does.
+    jitter: bool = False
 
     @classmethod
     def of(cls, record, variant: tuple = ()) -> "Problem":
@@ -308,6 +321,8 @@ def _gradient_descent(params, x, y, problem: "Problem"):
             right[:, u] = (np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2)) if full
                            else _all_right(params, x, y))
             rule.t += 1
+            if problem.jitter:
+                grad = {k: v * (1 + JITTER) for k, v in grad.items()}
             params = {k: rule.step(k, v, grad[k]) for k, v in params.items()}
             u += 1
     loss, _, z = loss_and_grad_batch(params, x, y)
@@ -373,7 +388,7 @@ def solve(problems: list[Problem]) -> list[Trajectory]:
         if p not in _CACHE:
             shapes = tuple((name, shape) for name, shape, _ in p.params)
             todo.setdefault((p.arch, shapes, p.rule, p.lr, p.epochs, p.hp, p.batch_size,
-                             p.reduction, p.variant), []).append(p)
+                             p.reduction, p.variant, p.jitter), []).append(p)
     if len(_CACHE) + sum(map(len, todo.values())) > _CACHE_MAX:
         _CACHE.clear()
     for group in todo.values():
@@ -388,7 +403,31 @@ def trajectory(record) -> Trajectory:
 # ---------------------------------------------------------------- verdicts
 
 VERDICT_FIELDS = ("oracle_dev", "tolerance", "agrees", "first_departure", "departed",
-                  "learned_epoch", "rule", "explained_by", "unjudged")
+                  "learned_epoch", "rule", "explained_by", "unjudged", "horizon")
+
+
+# The horizon probe's error per update, relative, in every gradient: 64
+# ulps, above what one update's round-off puts into any framework's
+# parameters (a handful of operations, half an ulp each), so that a
+# framework's own round-off is not amplified sooner than the probe's.
+JITTER = 2.0 ** -46
+
+
+def perturbed(problem: Problem) -> Problem:
+    """The same problem with an error of ``JITTER`` in every update's gradient."""
+    return dataclasses.replace(problem, jitter=True)
+
+
+def horizon(problem: Problem, traj: Trajectory, curve_tol: float) -> int | None:
+    """The first loss-curve index where the oracle's own trajectory, with an
+    error of JITTER in every gradient (``perturbed``), leaves the band around
+    it: past it, round-off is amplified
+    beyond the tolerance (a plateau an adaptive optimizer normalises its way
+    across, chaotic dynamics), so no implementation can be judged there.
+    None when the trajectory is well-conditioned to its end."""
+    other = solve([perturbed(problem)])[0]
+    return first_departure([*other.loss_curve, other.loss_final],
+                           [*traj.loss_curve, traj.loss_final], curve_tol)
 
 
 def first_departure(curve, oracle_curve, tol: float) -> int | None:
@@ -420,7 +459,9 @@ def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
             atoms: tuple[str, ...] = ()) -> dict:
     """The verdict fields against the textbook trajectory ``traj`` and, for a
     cell that departs from it, against ``variant`` (the trajectory of the
-    atoms its backend names)."""
+    atoms its backend names).  A departure that starts only past the
+    trajectory's ``horizon`` is not one: the cell agrees up to its horizon,
+    which the verdict records."""
     steps = len(record.loss_curve)
     rule = rule_of(record.level, record.optimizer)
     try:
@@ -429,16 +470,29 @@ def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
         dev = relative_deviation(record.params_final, traj.params_final)
         return {"oracle_dev": dev, "tolerance": None, "agrees": None, "first_departure": None,
                 "departed": None, "learned_epoch": None, "rule": rule, "explained_by": None,
-                "unjudged": str(exc)}
+                "unjudged": str(exc), "horizon": None}
+    def within_horizon(t: Trajectory, first, departed, problem_atoms) -> tuple[bool, int | None]:
+        if not departed:
+            return True, None
+        h = horizon(Problem.of(record, problem_atoms), t, curve_tol)
+        return (h is not None and (first is None or first >= h)), h
+
     dev, first, departed = _bands(record, traj, tol, curve_tol)
-    agrees = not departed
-    explained = None
-    if not agrees and variant is not None and not _bands(record, variant, tol, curve_tol)[2]:
-        explained = "+".join(atoms)
-    learned = (traj if agrees else variant if explained else None)
-    return {"oracle_dev": dev, "tolerance": tol, "agrees": agrees, "first_departure": first,
-            "departed": departed, "learned_epoch": learned.learned_epoch if learned else None,
-            "rule": rule, "explained_by": explained, "unjudged": None}
+    agrees, h = within_horizon(traj, first, departed, ())
+    explained, learned = None, traj if agrees and h is None else None
+    if agrees:
+        departed = []
+    elif variant is not None:
+        _, vfirst, vdeparted = _bands(record, variant, tol, curve_tol)
+        ok, vh = within_horizon(variant, vfirst, vdeparted, atoms)
+        if ok:
+            explained, h = "+".join(atoms), vh
+            learned = variant if vh is None else None
+    return {"oracle_dev": dev, "tolerance": tol, "agrees": agrees,
+            "first_departure": None if agrees else first, "departed": departed,
+            "learned_epoch": learned.learned_epoch if learned else None, "rule": rule,
+            "explained_by": explained, "unjudged": None,
+            "horizon": h if agrees or explained else None}
 
 
 def judge(record, traj: Trajectory | None = None, variant: Trajectory | None = None):

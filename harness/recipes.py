@@ -62,7 +62,9 @@ class Textbook:
             return p - lr * g
         if family in ("momentum", "nesterov"):
             mu = hp["momentum"]
-            v = self.state[name][0] * mu + g if name in self.state else g
+            # A copy on the first update (g * 1 is g, bit for bit): the
+            # caller may zero its gradient tensor in place afterwards.
+            v = self.state[name][0] * mu + g if name in self.state else g * 1
             self.state[name] = (v,)
             return p - lr * (g + mu * v) if family == "nesterov" else p - lr * v
         if family == "adam":

@@ -32,7 +32,7 @@ from harness.tasks import (AXES, CELL_FIELDS, GATES, GRADIENT_LEVELS, Cell, n_in
 # 3: the cell's execution `mode` (eager, compiled, graph).
 # 4: the recipe: cell fields optimizer, hparams, momentum, beta1, beta2, eps,
 #    rho, weight_decay, batch_size, reduction; record fields hparams_used,
-#    rule, explained_by, unjudged.
+#    rule, explained_by, unjudged, horizon.
 SCHEMA_VERSION = 4
 
 
@@ -109,6 +109,10 @@ class Record:
     # Why an ok cell was not judged (agrees is None), e.g. a float32 run
     # longer than the tolerance table measures.
     unjudged: str | None = None
+    # The update past which round-off is amplified beyond the tolerance in
+    # the oracle's own trajectory (harness.oracle.horizon): the cell was
+    # judged up to it.  None: judged to the end.
+    horizon: int | None = None
     # --repeat: names of the fields whose values differed between the runs
     # of this cell ([] when bit-identical); None when it was not repeated.
     repeat_mismatch: list[str] | None = None
@@ -282,7 +286,7 @@ def check(d: dict[str, Any]) -> dict[str, Any]:
                             f" for this cell")
     if status == "ok" and d.get("loss_final") is None:
         raise bad("loss_final", "a number in a record with status 'ok'")
-    for name in ("first_departure", "learned_epoch", "diverged_epoch"):
+    for name in ("first_departure", "learned_epoch", "diverged_epoch", "horizon"):
         if d.get(name) is not None and d[name] < 0:
             raise bad(name, "an integer >= 0 or null")
     if d.get("departed") is not None and not set(d["departed"]) <= set(DEPARTED_BANDS):
@@ -338,6 +342,7 @@ def _v3_to_v4(rec: dict[str, Any]) -> dict[str, Any]:
     rec["rule"] = (("sgd" if level in GRADIENT_LEVELS else level) if judged else None)
     rec["explained_by"] = None
     rec["unjudged"] = None
+    rec["horizon"] = None
     rec.setdefault("hparams_used", None)
     return rec
 
