@@ -36,10 +36,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from harness import oracle, registry
-from harness.compare import relative_deviation, tolerance
+from harness.compare import NoTolerance, relative_deviation, tolerance
 from harness.records import Record, Status
 from harness.registry import cell_order
-from harness.tasks import CELL_FIELDS, GRADIENT_LEVELS, NOT_LINEARLY_SEPARABLE
+from harness.tasks import (CELL_FIELDS, GRADIENT_LEVELS, HYPERPARAMETERS,
+                           NOT_LINEARLY_SEPARABLE, OPTIMIZERS)
 
 Z95 = 1.959963984540054
 
@@ -186,9 +187,15 @@ def level_agreement(records: list[Record]
     # Each group is in cell order, that is by level: the others are compared
     # with the lowest level (raw when there is one).
     for key, group in groups.items():
+        # Levels past the oracle's horizon are not compared: their end states
+        # are round-off amplified, and each was judged up to the horizon.
+        group = [r for r in group if r.horizon is None]
         if len(group) < 2:
             continue
-        first, tol = group[0], tolerance(group[0].dtype, group[0].epochs)
+        try:
+            first, tol = group[0], tolerance(group[0].dtype, len(group[0].loss_curve))
+        except NoTolerance:
+            continue
         bad = []
         for other in group[1:]:
             dev = relative_deviation(other.params_final, first.params_final)
@@ -240,7 +247,8 @@ def convergence(records: list[Record]) -> list[Convergence]:
         groups.setdefault((r.backend, r.level, r.arch, r.gate), []).append((r, t))
     ref: dict[tuple, dict] = {}
     for r, t in pairs:
-        ref.setdefault((oracle.rule_of(r.level), r.arch, r.gate), {}).setdefault(r.seed, t)
+        ref.setdefault((oracle.rule_of(r.level, r.optimizer), r.arch, r.gate), {}).setdefault(
+            r.seed, t)
     out = []
     for (level, arch, gate), by_seed in ref.items():
         epochs = [t.learned_epoch for t in by_seed.values() if t.learned]
@@ -301,7 +309,7 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
         return f"{r.backend} {r.level}", f"{r.arch} {r.gate} seed {r.seed}"
 
     for r in records:
-        if r.status == Status.OK and r.agrees is False:
+        if r.status == Status.OK and r.agrees is False and not r.explained_by:
             out.append(Finding(DISAGREES, *where(r), r, registry.known_departure(r.cell)))
     for r in records:
         if went_wrong(r):
@@ -330,8 +338,15 @@ class Verdicts:
     level: str
     ok: int
     agree: int
+    # Departs from the textbook, reproduced by its backend's named variant.
+    explained: int
+    # Departs, and nothing explains it (a finding).
     disagree: int
-    # The worst oracle_dev / tolerance (inf when a deviation is not finite).
+    # Not judged (no tolerance measured for so many float32 updates).
+    unjudged: int
+    # The worst oracle_dev / tolerance over judged cells (inf when a
+    # deviation is not finite); explained cells count by their variant's
+    # agreement, so they are left out.
     worst: float
 
 
@@ -341,11 +356,57 @@ def verdict_rows(records: list[Record]) -> list[Verdicts]:
     for r in sorted(records, key=cell_order):
         if r.status != Status.OK:
             continue
-        row = table.setdefault((r.backend, r.level), [0, 0, 0, 0.0])
+        row = table.setdefault((r.backend, r.level), [0, 0, 0, 0, 0, 0.0])
         row[0] += 1
         row[1] += r.agrees is True
-        row[2] += r.agrees is False
+        row[2] += r.agrees is False and bool(r.explained_by)
+        row[3] += r.agrees is False and not r.explained_by
+        row[4] += r.agrees is None
+        if r.agrees is None or r.explained_by or r.horizon is not None:
+            continue
         ratio = (r.oracle_dev / r.tolerance if r.oracle_dev is not None
                  and math.isfinite(r.oracle_dev) else float("inf"))
-        row[3] = max(row[3], ratio)
+        row[5] = max(row[5], ratio)
     return [Verdicts(b, lv, *row) for (b, lv), row in table.items()]
+
+
+# ------------------------------------------------------------------- recipes
+
+def outcome(r: Record) -> str:
+    """One ok cell's verdict in words: "textbook", the explaining variant,
+    "unexplained" or "unjudged"."""
+    if r.agrees is None:
+        return "unjudged"
+    if r.agrees:
+        return "textbook"
+    return r.explained_by or "unexplained"
+
+
+def recipe_outcomes(records: list[Record]) -> dict[str, dict[tuple[str, str], Counter]]:
+    """{optimizer family: {(backend, level): Counter of outcomes}}, for the
+    gradient levels' ok cells, families and keys in cell order."""
+    out: dict[str, dict[tuple[str, str], Counter]] = {}
+    for r in sorted(records, key=cell_order):
+        if r.status == Status.OK and r.level in GRADIENT_LEVELS:
+            table = out.setdefault(r.optimizer, {})
+            table.setdefault((r.backend, r.level), Counter())[outcome(r)] += 1
+    return {f: out[f] for f in OPTIMIZERS if f in out}
+
+
+def default_differences(records: list[Record]) -> dict[str, dict[str, dict[str, float]]]:
+    """With --hparams defaults: {family: {hyperparameter: {backend: value}}}
+    for each hyperparameter whose default differs between frameworks (read
+    back from each framework's optimizer object, at the optimizer level
+    where it ran, else any gradient level)."""
+    seen: dict[tuple[str, str], dict[str, float]] = {}
+    for r in sorted(records, key=lambda r: (r.level != "optimizer", cell_order(r))):
+        if (r.status == Status.OK and r.hparams == "defaults" and r.hparams_used
+                and r.level in GRADIENT_LEVELS):
+            seen.setdefault((r.optimizer, r.backend), r.hparams_used)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for family in OPTIMIZERS:
+        for name in HYPERPARAMETERS[family]:
+            values = {b: hp[name] for (f, b), hp in seen.items() if f == family and name in hp}
+            if len(set(values.values())) > 1:
+                out.setdefault(family, {})[name] = values
+    return out

@@ -20,7 +20,7 @@ from harness.compare import FINITE_DIFFERENCE_TOLERANCE, tolerance
 from harness.diff import RunDiff
 from harness.records import Record, Status
 from harness.registry import cell_order
-from harness.tasks import ARCHS, GATES
+from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS, OPTIMIZERS
 
 
 def format_table(header: list[str], rows: list[list[str]], left=(0, 1),
@@ -166,9 +166,53 @@ def summarize_findings(found: list[Finding]) -> list[str]:
 
 # ------------------------------------------------------------------- verdicts
 
+VERDICT_HEADER = ["backend", "level", "ok", "agree", "explained", "unexplained", "unjudged",
+                  "dev/tol"]
+
+
 def verdict_cells(v: Verdicts) -> list[str]:
-    """backend, level, ok, agree, disagree, worst oracle_dev / tolerance."""
-    return [v.backend, v.level, str(v.ok), str(v.agree), str(v.disagree), f"{v.worst:.1e}"]
+    """The VERDICT_HEADER columns of one backend x level."""
+    return [v.backend, v.level, str(v.ok), str(v.agree), str(v.explained), str(v.disagree),
+            str(v.unjudged), f"{v.worst:.1e}"]
+
+
+def recipe_rows(table: dict) -> tuple[list[str], list[list[str]]]:
+    """One optimizer family's outcomes: a row per backend, a column per
+    level; each entry counts its cells by outcome, e.g. "textbook 14" or
+    "eps-hat 12, unexplained 2"."""
+    levels = [lv for lv in GRADIENT_LEVELS if any(k[1] == lv for k in table)]
+    backends = list(dict.fromkeys(b for b, _ in table))
+    rows = []
+    for b in backends:
+        cells = []
+        for lv in levels:
+            c = table.get((b, lv))
+            cells.append(", ".join(f"{k} {n}" for k, n in sorted(
+                c.items(), key=lambda kv: (kv[0] != "textbook", kv[0]))) if c else "")
+        rows.append([b, *cells])
+    return ["backend", *levels], rows
+
+
+def recipe_summary(records: list[Record]) -> list[str]:
+    """Per optimizer family, whether each framework x level follows the
+    textbook rule, a named variant, or nothing known; then, with --hparams
+    defaults, the defaults that differ between frameworks."""
+    lines = []
+    outcomes = analysis.recipe_outcomes(records)
+    interesting = set(outcomes) != {"sgd"} or any(
+        k != "textbook" for t in outcomes.values() for c in t.values() for k in c)
+    if interesting:
+        lines.append("per optimizer family: textbook = agrees with the family's textbook rule; "
+                     "a variant's name = departs, reproduced by that oracle variant; "
+                     "unexplained = neither")
+        for family, table in outcomes.items():
+            lines += [f"optimizer {family}:", format_table(*recipe_rows(table))]
+    diffs = analysis.default_differences(records)
+    for family, names in diffs.items():
+        lines.append(f"defaults that differ between frameworks ({family}): " + "; ".join(
+            f"{name}: " + ", ".join(f"{b} {v:g}" for b, v in values.items())
+            for name, values in names.items()))
+    return lines
 
 
 def convergence_cell(c: Convergence) -> str:
@@ -186,7 +230,7 @@ def oracle_convergence_rows(conv: list[Convergence]) -> tuple[list[str], list[li
             if any((lv, arch, gate) in mine for lv in levels):
                 rows.append([arch, gate, *(convergence_cell(mine[(lv, arch, gate)])
                                            if (lv, arch, gate) in mine else "" for lv in levels)])
-    names = {"gradient": "gradient (raw, module, optimizer)"}
+    names = {f: f"{f} (gradient levels)" for f in OPTIMIZERS}
     return ["arch", "gate", *(names.get(lv, lv) for lv in levels)], rows
 
 
@@ -196,8 +240,8 @@ def verdict_summary(records: list[Record]) -> str:
     if not verdicts:
         return "verdicts: no ok cells to judge"
     lines = ["verdicts against the float64 oracle (dev/tol: worst oracle_dev / tolerance):",
-             format_table(["backend", "level", "ok", "agree", "disagree", "dev/tol"],
-                          [verdict_cells(v) for v in verdicts])]
+             format_table(VERDICT_HEADER, [verdict_cells(v) for v in verdicts])]
+    lines += recipe_summary(records)
     agree, mismatches = analysis.level_agreement(records)
     if agree:
         lines.append("levels agree within each backend: " + ", ".join(

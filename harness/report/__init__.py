@@ -63,7 +63,7 @@ def write_report(run_dir) -> Path:
             "over seeds, coloured by its ratio to the tolerance: green is far inside, red "
             "outside.",
             (("report-oracle-dev.png", "oracle_dev heatmap", png(fig_deviation(plt, grid))),),
-            ((["backend", "level", "ok", "agree", "disagree", "worst dev/tol"],
+            ((text.VERDICT_HEADER,
               [text.verdict_cells(v) for v in analysis.verdict_rows(records)], ""),)))
         curves = tuple((f"report-loss-{i + 1}.png", f"loss curves {a} {g} seed {s}",
                         png(fig_loss(plt, records, a, g, s)))
@@ -100,6 +100,25 @@ def write_report(run_dir) -> Path:
             ((header, orows, ""),
              (CONV_HEADER, [convergence_row(c) for c in conv if c.backend != "oracle"],
               "every backend x level x arch x gate"))))
+    outcomes = analysis.recipe_outcomes(records)
+    if set(outcomes) - {"sgd"} or any(k != "textbook" for t in outcomes.values()
+                                      for c in t.values() for k in c):
+        diffs = analysis.default_differences(records)
+        sections.append(Section(
+            "Optimizers: textbook, variant or unexplained",
+            "Per optimizer family, each framework and level: 'textbook' counts cells that agree "
+            "with the family's textbook rule (harness/recipes.py); a variant's name counts "
+            "cells that depart from it and are reproduced, within the same tolerance, by that "
+            "oracle variant (harness/oracle.py VARIANTS; the backend's docstring says why); "
+            "'unexplained' counts cells that match neither.",
+            tables=tuple((*text.recipe_rows(table), f"optimizer {family}")
+                         for family, table in outcomes.items())
+            + tuple((["hyperparameter", *sorted({b for v in names.values() for b in v})],
+                     [[name, *(f"{values[b]:g}" if b in values else "" for b in
+                               sorted({b for v in names.values() for b in v}))]
+                      for name, values in names.items()],
+                     f"{family}: defaults that differ between frameworks (--hparams defaults)")
+                    for family, names in diffs.items())))
     agreement = analysis.backend_agreement(records)
     if len(agreement.backends) > 1:
         sections.append(Section(
@@ -125,16 +144,24 @@ def write_report(run_dir) -> Path:
     sections.append(Section("Cells by status", tables=((status_header, by_status, ""),)))
     sections.append(Section("Manifest", tables=((["key", "value"], manifest_rows(man), ""),)))
 
-    n_ok, n_dis = len(ok), sum(r.agrees is False for r in ok)
-    stats = [("cells", len(records)), ("ok", n_ok), ("agree", n_ok - n_dis),
-             ("disagree", n_dis), ("learned", sum(bool(r.learned) for r in ok)),
+    n_ok = len(ok)
+    n_agree = sum(r.agrees is True for r in ok)
+    n_explained = sum(r.agrees is False and bool(r.explained_by) for r in ok)
+    stats = [("cells", len(records)), ("ok", n_ok), ("agree", n_agree),
+             ("explained", n_explained),
+             ("unexplained", sum(r.agrees is False and not r.explained_by for r in ok)),
+             ("unjudged", sum(r.agrees is None for r in ok)),
+             ("learned", sum(bool(r.learned) for r in ok)),
              ("unsupported", sum(r.status == Status.UNSUPPORTED for r in records)),
              ("skipped", sum(r.status == Status.SKIPPED for r in records)),
              ("failed", sum(map(analysis.went_wrong, records))),
              ("findings", len(found))]
     groups = text.summarize_findings(found)
     headline = ("No ok cells to judge." if not ok and not found else
-                "Every ok cell agrees with the oracle; no findings." if not found else
+                "Every ok cell agrees with the oracle; no findings." if not found
+                and n_agree == n_ok else
+                "No findings: every ok cell agrees with the oracle, is explained by a named "
+                "variant or is judged up to its horizon, or is unjudged." if not found else
                 f"{len(found)} finding(s) in {len(groups)} group(s): "
                 + "; ".join(g.split(", e.g.")[0] for g in groups[:3])
                 + ("; ..." if len(groups) > 3 else ""))

@@ -16,11 +16,11 @@ import math
 import numpy as np
 
 from harness import analysis, oracle, registry
-from harness.compare import tolerance
+from harness.compare import NoTolerance, tolerance
 from harness.records import Record, Status
 from harness.registry import cell_order
 from harness.report.grid import CATEGORIES, DARK, Grid, category, cell_text
-from harness.tasks import ARCHS, GATES, GRADIENT_LEVELS
+from harness.tasks import ARCHS, CELL_FIELDS, GATES, GRADIENT_LEVELS
 
 INSTALL_HINT = "pip install 'feedforward-harness[report]'"
 
@@ -108,7 +108,8 @@ def fig_deviation(plt, grid: Grid):
     texts = []
     for i, row in enumerate(grid.rows):
         for j, col in enumerate(grid.cols):
-            ok = [r for r in grid.get(row, col) if r.status == Status.OK]
+            # Unjudged cells (no tolerance measured) have no ratio to show.
+            ok = [r for r in grid.get(row, col) if r.status == Status.OK and r.tolerance]
             if not ok:
                 continue
             worst = max(ok, key=lambda r: math.inf if r.oracle_dev is None
@@ -173,9 +174,15 @@ def curve_cells(records: list[Record]) -> list[tuple]:
     return picks
 
 
+def _recipe(r) -> tuple:
+    return tuple(getattr(r.cell, f) for f in CELL_FIELDS if f not in ("backend", "level", "mode"))
+
+
 def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     recs = sorted((r for r in records if r.status == Status.OK and r.level in GRADIENT_LEVELS
                    and (r.arch, r.gate, r.seed) == (arch, gate, seed)), key=cell_order)
+    # One recipe per figure: the first cell's (its oracle curve is drawn).
+    recs = [r for r in recs if _recipe(r) == _recipe(recs[0])]
     traj = oracle.trajectory(recs[0])
     ref = np.append(traj.loss_curve, traj.loss_final)
     t = np.arange(len(ref))
@@ -184,7 +191,10 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
                                       gridspec_kw={"height_ratios": [3, 2]})
     top.plot(t, ref, color="#bbbbbb", lw=6, label="oracle", solid_capstyle="round")
     floor = 1e-18
-    tol = tolerance(recs[0].dtype, recs[0].epochs)
+    try:
+        tol = tolerance(recs[0].dtype, len(recs[0].loss_curve))
+    except NoTolerance:
+        tol = None
     for r in recs:
         curve = np.array([np.nan if v is None else v for v in [*r.loss_curve, r.loss_final]])
         style = dict(color=colours.get(r.backend, "black"), ls=LEVEL_STYLES[r.level], lw=1.3)
@@ -198,9 +208,10 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
             bottom.annotate(f"{r.backend} {r.level}: leaves the band at epoch {k}",
                             (k, max(band[k], floor)), xytext=(12, -14), textcoords="offset points",
                             fontsize=8, color=style["color"], weight="bold")
-    bottom.axhline(tol, color="#c62828", ls="--", lw=1)
-    bottom.text(t[-1], tol, f"tolerance {tol:g} ", color="#c62828", ha="right", va="bottom",
-                fontsize=8)
+    if tol is not None:
+        bottom.axhline(tol, color="#c62828", ls="--", lw=1)
+        bottom.text(t[-1], tol, f"tolerance {tol:g} ", color="#c62828", ha="right",
+                    va="bottom", fontsize=8)
     top.set_yscale("log")
     bottom.set_yscale("log")
     bottom.set_ylim(floor / 3, max(1.0, np.nanmax(np.abs(ref))) * 3)
@@ -253,7 +264,7 @@ def fig_surfaces(plt, records: list[Record], grid: Grid):
             if rec is None:
                 ax.set_axis_off()
                 continue
-            rule = oracle.rule_of(rec.level)
+            rule = oracle.rule_of(rec.level, rec.optimizer)
             one_input = np.shape(rec.params_final.get("W", rec.params_final.get("W1")))[0] == 1
             if one_input:
                 p = oracle.probability(rec.params_final, u[:, None], rule)
@@ -294,7 +305,8 @@ def fig_surfaces(plt, records: list[Record], grid: Grid):
 
 # ---------------------------------------------------------------- convergence
 
-RULE_COLOURS = {"gradient": "#1e88e5", "perceptron": "#8e24aa", "perceptron-batch": "#43a047"}
+RULE_COLOURS = {"sgd": "#1e88e5", "momentum": "#00897b", "nesterov": "#6d4c41", "adam": "#e53935",
+                "rmsprop": "#fb8c00", "perceptron": "#8e24aa", "perceptron-batch": "#43a047"}
 
 
 def fig_convergence(plt, conv: list[analysis.Convergence]):
