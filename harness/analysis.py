@@ -193,7 +193,8 @@ def level_agreement(records: list[Record]
         if len(group) < 2:
             continue
         try:
-            first, tol = group[0], tolerance(group[0].dtype, len(group[0].loss_curve))
+            first = group[0]
+            tol = tolerance(first.dtype, len(first.loss_curve), first.optimizer)
         except NoTolerance:
             continue
         bad = []

@@ -52,7 +52,8 @@ def compare_records(a: Record, b: Record) -> list[str]:
     if a.status != Status.OK:
         return []
     try:
-        tol = max(tolerance(a.dtype, len(a.loss_curve)), tolerance(b.dtype, len(b.loss_curve)))
+        tol = max(tolerance(a.dtype, len(a.loss_curve), a.optimizer),
+                  tolerance(b.dtype, len(b.loss_curve), b.optimizer))
     except NoTolerance:
         tol = 0.0  # past the measured table: any change in the numbers is reported
     shapes_a = {k: np.shape(v) for k, v in a.params_final.items()}

@@ -51,7 +51,8 @@ A verdict (``judge``) compares a record with its trajectory:
 * ``horizon``: on some trajectories round-off is amplified past any
   tolerance (an adaptive optimizer crossing a plateau normalises gradients
   of ~1e-12 into steps of ~lr).  When a cell departs, the oracle runs its
-  own trajectory again with a ~1e-12 error in every gradient; the first
+  own trajectory again with an error of 4096 ulps of the cell's dtype in
+  every gradient; the first
   update where
   that leaves the band is the trajectory's horizon.  A cell whose departure
   starts at or past the horizon agrees (or is explained) up to it:
@@ -101,9 +102,9 @@ class Problem:
     batch_size: int | None = None
     reduction: str = "sum"
     variant: tuple = ()
-    # The horizon probe (``perturbed``): every gradient times 1 + JITTER, an
-    # error injected at every update, as round-off does.
-    jitter: bool = False
+    # The horizon probe (``perturbed``): every gradient times 1 + jitter, an
+    # error injected at every update, as round-off does (0: none).
+    jitter: float = 0.0
 
     @classmethod
     def of(cls, record, variant: tuple = ()) -> "Problem":
@@ -322,7 +323,7 @@ def _gradient_descent(params, x, y, problem: "Problem"):
                            else _all_right(params, x, y))
             rule.t += 1
             if problem.jitter:
-                grad = {k: v * (1 + JITTER) for k, v in grad.items()}
+                grad = {k: v * (1 + problem.jitter) for k, v in grad.items()}
             params = {k: rule.step(k, v, grad[k]) for k, v in params.items()}
             u += 1
     loss, _, z = loss_and_grad_batch(params, x, y)
@@ -406,8 +407,8 @@ VERDICT_FIELDS = ("oracle_dev", "tolerance", "agrees", "first_departure", "depar
                   "learned_epoch", "rule", "explained_by", "unjudged", "horizon")
 
 
-# The horizon probe's error per update, relative, in every gradient: 2**-40
-# (~4000 ulps, ~1e-12).  It has to exceed the round-off of one update in
+# The horizon probe's error per update, relative, in every gradient: 4096
+# ulps of the cell's dtype (2**-40, ~1e-12, at float64; 2**-11 at float32).  It has to exceed the round-off of one update in
 # any implementation, or a framework's own round-off is amplified sooner
 # than the probe's and an honest cell is called a departure: the notebook's
 # written-out loss -log(y p + (1 - y)(1 - p)) loses ~10 bits of its
@@ -415,22 +416,24 @@ VERDICT_FIELDS = ("oracle_dev", "tolerance", "agrees", "first_departure", "depar
 # left the band one update before a 64-ulp probe on RMSprop, single `or`).
 # Formula departures are far larger (a hyperparameter rounded to float32 is
 # ~1e-8), and they show from the first updates, long before a horizon.
-JITTER = 2.0 ** -40
+JITTER_ULPS = 2.0 ** 12
 
 
-def perturbed(problem: Problem) -> Problem:
-    """The same problem with an error of ``JITTER`` in every update's gradient."""
-    return dataclasses.replace(problem, jitter=True)
+def perturbed(problem: Problem, dtype: str) -> Problem:
+    """The same problem with an error of JITTER_ULPS ulps of ``dtype`` in
+    every update's gradient."""
+    return dataclasses.replace(problem, jitter=float(JITTER_ULPS * np.finfo(dtype).eps))
 
 
-def horizon(problem: Problem, traj: Trajectory, curve_tol: float) -> int | None:
+def horizon(problem: Problem, traj: Trajectory, curve_tol: float,
+            dtype: str = "float64") -> int | None:
     """The first loss-curve index where the oracle's own trajectory, with an
-    error of JITTER in every gradient (``perturbed``), leaves the band around
+    error of JITTER_ULPS ulps in every gradient (``perturbed``), leaves the band around
     it: past it, round-off is amplified
     beyond the tolerance (a plateau an adaptive optimizer normalises its way
     across, chaotic dynamics), so no implementation can be judged there.
     None when the trajectory is well-conditioned to its end."""
-    other = solve([perturbed(problem)])[0]
+    other = solve([perturbed(problem, dtype)])[0]
     return first_departure([*other.loss_curve, other.loss_final],
                            [*traj.loss_curve, traj.loss_final], curve_tol)
 
@@ -470,7 +473,8 @@ def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
     steps = len(record.loss_curve)
     rule = rule_of(record.level, record.optimizer)
     try:
-        tol, curve_tol = tolerance(record.dtype, steps), loss_tolerance(record.dtype, steps)
+        tol = tolerance(record.dtype, steps, record.optimizer)
+        curve_tol = loss_tolerance(record.dtype, steps, record.optimizer)
     except NoTolerance as exc:
         dev = relative_deviation(record.params_final, traj.params_final)
         return {"oracle_dev": dev, "tolerance": None, "agrees": None, "first_departure": None,
@@ -479,7 +483,7 @@ def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
     def within_horizon(t: Trajectory, first, departed, problem_atoms) -> tuple[bool, int | None]:
         if not departed:
             return True, None
-        h = horizon(Problem.of(record, problem_atoms), t, curve_tol)
+        h = horizon(Problem.of(record, problem_atoms), t, curve_tol, record.dtype)
         return (h is not None and (first is None or first >= h)), h
 
     dev, first, departed = _bands(record, traj, tol, curve_tol)

@@ -192,7 +192,7 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     top.plot(t, ref, color="#bbbbbb", lw=6, label="oracle", solid_capstyle="round")
     floor = 1e-18
     try:
-        tol = tolerance(recs[0].dtype, len(recs[0].loss_curve))
+        tol = tolerance(recs[0].dtype, len(recs[0].loss_curve), recs[0].optimizer)
     except NoTolerance:
         tol = None
     for r in recs:
