@@ -2,12 +2,17 @@
 
 * ``raw``: ``nd`` arrays with ``attach_grad()``, the forward pass and the
   notebook's written-out loss under ``autograd.record()``, ``backward()``,
-  update written in place outside ``record()``.
+  the update (``harness.recipes.Textbook``, every optimizer family, on
+  NDArrays with ``nd.sqrt``) written in place (``p[:] = ...``) outside
+  ``record()``.
 * ``module``: ``gluon.nn.Sequential`` of ``Dense`` / ``Activation('sigmoid')``
-  / ``Dense`` and ``gluon.loss.SigmoidBinaryCrossEntropyLoss`` summed over
-  rows; update written over ``collect_params()``.
-* ``optimizer``: the same network with ``gluon.Trainer(params, 'sgd',
-  {'learning_rate': lr})`` and ``trainer.step(1)``.
+  / ``Dense`` and ``gluon.loss.SigmoidBinaryCrossEntropyLoss`` summed (or
+  averaged) over rows; the same written-out update over
+  ``collect_params()``, in place on ``param.data()``.
+* ``optimizer``: the same network with ``gluon.Trainer(params, name,
+  {...})``: ``'sgd'`` (sgd; momentum with ``momentum``), ``'nag'``
+  (nesterov), ``'adam'``, ``'rmsprop'`` (``gamma1`` is rho, ``centered``
+  left False); every family takes ``wd``.
 * ``custom``: user-style ``gluon.HybridBlock`` subclasses (layers in
   ``name_scope()``, the forward pass in ``hybrid_forward(F, x)``) with the
   same Trainer.
@@ -17,7 +22,9 @@ Modes: ``eager`` (imperative Gluon, the default) and ``compiled``:
 on its first call (module and optimizer then use ``HybridSequential``,
 the one Sequential that can hybridize).  The raw level's ``nd`` arrays
 have no compiled form.  Hybridized and imperative runs agree bit for bit
-on these networks (measured: float32 and float64, both archs).
+on these networks (measured: float32 and float64, both archs); a batch of
+another size re-traces the graph for its shape, and compiled cells of every
+family, batch size and reduction are judged like eager ones.
 
 Conventions adapted:
 
@@ -29,25 +36,76 @@ Conventions adapted:
   its input to 2-D by default (``flatten=True``): a no-op for our (rows, in)
   inputs.
 * ``SigmoidBinaryCrossEntropyLoss`` returns one loss per row (the mean over
-  the non-batch axes, here a single output): we ``.sum()`` it.  (Calling
-  ``backward()`` on the per-row vector would also sum, with head gradient 1.)
-* ``trainer.step(batch_size)`` multiplies gradients by ``rescale_grad =
-  1 / batch_size``, meant for a summed per-row loss.  Our gradient is already
-  the summed-loss gradient, so ``step(1)``: ``rescale_grad = 1.0``, exact.
-  ``'sgd'`` defaults to momentum 0 and weight decay 0 (``wd=0.0``,
-  ``lr_mult = wd_mult = 1``); with one CPU context the Trainer updates
-  locally, without a kvstore.
-* MXNet's SGD operators (``sgd_update`` / ``multi_sgd_update``) take the
-  learning rate as a C ``float``: a learning rate that float32 cannot
-  represent (0.1, unlike the default 0.5) is rounded to float32 even in a
-  float64 run, so the optimizer level then departs from the reference by
-  about the rounding of lr (~1e-8 relative).  ``info['lr_applied']`` records
-  the learning rate the optimizer level really used.
+  the non-batch axes, here a single output).  Reduction ``sum``: we
+  ``.sum()`` it, and ``trainer.step(1)`` (``step(batch_size)`` multiplies
+  gradients by ``rescale_grad = 1 / batch_size``; ours is already the
+  summed loss's, so ``rescale_grad = 1.0``, exact).  Reduction ``mean``:
+  MXNet's own idiom, ``backward()`` on the per-row losses (their sum, head
+  gradient 1) and ``trainer.step(rows)``: the Trainer divides by the rows,
+  the learning rate is untouched (weight decay is not rescaled: ``wd * w``
+  is added after ``rescale_grad * g``, as the textbook adds it to the mean
+  loss's gradient).  The ``module`` level, which has no Trainer,
+  differentiates ``.mean()``.
+* The Trainer's hyperparameters are keyword arguments of its optimizer
+  (``learning_rate``, ``momentum``, ``beta1``, ``beta2``, ``epsilon``,
+  ``gamma1``, ``wd``); the record reads them back from
+  ``trainer.optimizer`` (``lr``, ``momentum``, ...).  With ``--hparams
+  defaults`` only the learning rate is passed, and MXNet's defaults
+  (``optimizer_defaults``, read from ``mx.optimizer.create(name)``) are
+  in effect: momentum 0 for ``'sgd'`` and ``'nag'`` (so the momentum and
+  nesterov families are plain gradient descent there), adam 0.9 / 0.999 /
+  1e-8, rmsprop gamma1 0.9 and epsilon 1e-8, wd 0.  Gluon parameters have
+  ``lr_mult = wd_mult = 1``, so weight decay reaches biases too, as in the
+  textbook.  With one CPU context the Trainer updates locally, without a
+  kvstore.
 * ``nd.array(numpy_array)`` is float32 unless told otherwise, and ``Dense``
   defaults to ``dtype='float32'``: every array and layer is created in the
-  cell's dtype explicitly.
+  cell's dtype explicitly.  (Scalar arithmetic on NDArrays, used by the
+  written-out update, is in double: ``nd.array([1.], dtype='float64') *
+  0.1`` is exactly 0.1.)
 * Gradients are overwritten by each ``backward()`` (``grad_req='write'``),
-  so nothing needs zeroing.
+  so nothing needs zeroing, and the written-out rule copies a gradient it
+  keeps as state (``harness.recipes``).
+
+How the Trainer's optimizers depart from the textbook rule
+(``departures``; each atom is ``harness.oracle.VARIANTS``' and is judged:
+measured on float64 cells of 60-100 updates, lr 0.125 or 0.1, params_final
+relative deviation from the textbook / from the variant):
+
+* ``float32-hparams`` (every family, float64 runs): the C++ update kernels
+  (``sgd_update``, ``sgd_mom_update``, ``nag_mom_update``, ``adam_update``,
+  ``rmsprop_update``) take lr, wd, momentum, beta1, beta2, epsilon, gamma1
+  and rescale_grad as C ``float``, while the arithmetic is in the weights'
+  dtype: a hyperparameter float32 cannot represent (lr 0.1, momentum 0.9,
+  wd 0.01) is rounded.  Momentum 0.9 and lr 0.125: 1.2e-7 / 4e-16; sgd with
+  wd 0.01: 1.5e-8 / 2e-16.  ``info['lr_applied']`` records the learning
+  rate the kernel used.  (In a float32 run every hyperparameter meets
+  float32 arithmetic anyway, and the atom is not named.)
+* ``eps-hat`` (adam): ``Adam.update`` computes ``lr_t = lr sqrt(1 - b2^t)
+  / (1 - b1^t)`` in Python (float64, from the unrounded hyperparameters) and
+  the kernel does ``w -= lr_t m / (sqrt(v) + eps)``: eps before the bias
+  correction.  With float32-hparams: 2.5e-6 to 4e-6 / 3e-16 single-layer,
+  to 7e-4 / 7e-14 multi-layer.  (The atom's first form rounded the betas
+  in lr_t to float32 as well: 4.3e-6 from MXNet; MXNet rounds only lr_t.)
+* ``eps-inside-sqrt`` (rmsprop, non-centered): ``w -= lr g / sqrt(n +
+  eps)``.  Seen at float32 with eps 0.01: textbook 5e-2, variant 1e-7
+  (float32 tolerance).
+* ``nesterov-wd-updated-weight`` (nesterov with weight decay): 1.9.1's
+  ``nag_mom_update`` keeps mom = -lr v and writes the new weight (textbook
+  value) first, then updates mom with ``wd * weight`` read from the same
+  array, already updated (the Trainer updates in place, ``out=weight``).
+  The Python docstring's formula is the textbook's; the kernel is not.  wd
+  0.01, lr 0.1, momentum 0.9: 3.1e-3 single-layer, 1.1e-2 multi-layer /
+  2e-16, 7e-16.
+* ``float32-rescale-grad`` (reduction mean, float64 runs): the mean's
+  ``1 / rows`` is ``rescale_grad``, another C float: exact for 1, 2 and 4
+  rows, rounded for 3 (``--batch-size 3``): 1.7e-8 (sgd), 3e-6 (adam) /
+  2e-16, 1e-15.
+
+Gap: ``'rmsprop'`` cannot train float64 weights (``OPTIMIZER_GAPS``):
+``RMSProp.create_state`` makes its state with ``zeros()`` in the default
+float32, whatever the weight's dtype, and ``rmsprop_update`` refuses the
+mix.  Its float32 cells run.
 
 Not adaptable (a finding): ``SigmoidBinaryCrossEntropyLoss`` computes
 ``relu(x) - x*y + softrelu(-|x|)`` and MXNet differentiates ``relu`` and
@@ -68,11 +126,59 @@ import functools
 
 import numpy as np
 
-from harness.tasks import TrainResult, TrainSpec
+from harness.recipes import Textbook, in_effect
+from harness.tasks import HYPERPARAMETERS, TrainResult, TrainSpec, batches, hyperparameters
 
 NAME = "mxnet"
 IMPORTS = ("mxnet",)
 UNSUPPORTED: dict[str, str] = {}
+OPTIMIZER_GAPS = {
+    ("rmsprop", "float64"): (
+        "MXNet's RMSProp creates its state with zeros() in the default float32 whatever the "
+        "weight's dtype (optimizer.py, RMSProp.create_state), so its rmsprop_update refuses "
+        "float64 weights ('Incompatible attr ... expected float64, got float32')"),
+}
+
+
+# Optimizer family -> (the name gluon.Trainer knows it by, {harness name: its
+# keyword}).  The Trainer holds each keyword as an attribute of its
+# optimizer object under the same name, except those in _ATTRIBUTE.
+_OPTIMIZERS = {
+    "sgd": ("sgd", {"lr": "learning_rate", "weight_decay": "wd"}),
+    "momentum": ("sgd", {"lr": "learning_rate", "momentum": "momentum", "weight_decay": "wd"}),
+    "nesterov": ("nag", {"lr": "learning_rate", "momentum": "momentum", "weight_decay": "wd"}),
+    "adam": ("adam", {"lr": "learning_rate", "beta1": "beta1", "beta2": "beta2",
+                      "eps": "epsilon", "weight_decay": "wd"}),
+    "rmsprop": ("rmsprop", {"lr": "learning_rate", "rho": "gamma1", "eps": "epsilon",
+                            "weight_decay": "wd"}),
+}
+_ATTRIBUTE = {"learning_rate": "lr"}
+
+
+def optimizer_defaults(family: str) -> dict[str, float]:
+    """MXNet's own defaults for the family, read from a fresh optimizer object
+    (SGD's and NAG's momentum is 0: plain gradient descent)."""
+    import mxnet as mx
+
+    name, translate = _OPTIMIZERS[family]
+    opt = mx.optimizer.create(name)
+    return {k: float(getattr(opt, _ATTRIBUTE.get(m, m))) for k, m in translate.items()
+            if k in HYPERPARAMETERS[family]}
+
+
+def departures(cell) -> tuple[str, ...]:
+    """How the Trainer's optimizer computes the cell's rule (see the docstring)."""
+    if cell.level not in ("optimizer", "custom"):
+        return ()
+    atoms = {"adam": ("eps-hat",), "rmsprop": ("eps-inside-sqrt",)}.get(cell.optimizer, ())
+    if cell.optimizer == "nesterov" and cell.weight_decay:
+        atoms += ("nesterov-wd-updated-weight",)
+    if cell.dtype == "float64":
+        # In a float32 run every hyperparameter meets float32 arithmetic anyway.
+        atoms += ("float32-hparams",)
+        if cell.reduction == "mean":
+            atoms += ("float32-rescale-grad",)
+    return atoms
 
 
 def known_departure(cell) -> str | None:
@@ -81,9 +187,6 @@ def known_departure(cell) -> str | None:
     if cell.level in ("module", "optimizer", "custom") and cell.init == "zeros":
         return ("Gluon's SigmoidBinaryCrossEntropyLoss differentiates relu and abs as 0 at a "
                 "logit of exactly 0: gradient -y there, not 0.5 - y")
-    if (cell.level in ("optimizer", "custom") and cell.dtype == "float64"
-            and float(np.float32(cell.lr)) != cell.lr):
-        return "MXNet's SGD kernel takes the learning rate as a C float (rounded to float32)"
     return None
 
 
@@ -93,22 +196,31 @@ def framework_version() -> str:
 
 
 def _raw_graph(nd, spec: TrainSpec):
-    """Arrays with gradients for the canonical parameters, a forward pass, the written-out loss."""
-    x, y = nd.array(spec.x, dtype=spec.dtype), nd.array(spec.y, dtype=spec.dtype)
+    """Arrays with gradients for the canonical parameters, a forward pass and
+    the written-out loss (summed or averaged over the rows) for rows ``x``."""
     params = {k: nd.array(v, dtype=spec.dtype) for k, v in spec.params.items()}
     for p in params.values():
         p.attach_grad()
 
-    def forward():
+    def forward(x):
         if spec.arch == "single":
             return (nd.dot(x, params["W"]) + params["b"]).sigmoid()
         h = (nd.dot(x, params["W1"]) + params["b1"]).sigmoid()
         return (nd.dot(h, params["W2"]) + params["b2"]).sigmoid()
 
-    def loss_of(p):
-        return -(y * p + (1 - y) * (1 - p)).log().sum()
+    def loss_of(p, y):
+        each = -(y * p + (1 - y) * (1 - p)).log()
+        return each.mean() if spec.reduction == "mean" else each.sum()
 
     return params, forward, loss_of
+
+
+def _rows(nd, spec: TrainSpec):
+    """(x, y) as arrays in the cell's dtype: all rows, and each batch's."""
+    def arrays(rows):
+        return (nd.array(spec.x[rows], dtype=spec.dtype),
+                nd.array(spec.y[rows], dtype=spec.dtype))
+    return arrays(slice(None)), [arrays(rows) for rows in batches(spec.cell)]
 
 
 def loss_and_grad(spec: TrainSpec):
@@ -116,8 +228,9 @@ def loss_and_grad(spec: TrainSpec):
     from mxnet import autograd, nd
 
     params, forward, loss_of = _raw_graph(nd, spec)
+    (x, y), _ = _rows(nd, spec)
     with autograd.record():
-        loss = loss_of(forward())
+        loss = loss_of(forward(x), y)
     loss.backward()
     return loss.asscalar().item(), {k: v.grad.asnumpy() for k, v in params.items()}
 
@@ -126,20 +239,25 @@ def train_raw(spec: TrainSpec) -> TrainResult:
     from mxnet import autograd, nd
 
     params, forward, loss_of = _raw_graph(nd, spec)
+    (x, y), batch = _rows(nd, spec)
+    hp = in_effect(spec.cell, optimizer_defaults)
+    rule = Textbook(spec.cell, hp, nd.sqrt)
     start = {k: v.asnumpy() for k, v in params.items()}
     curve = []
     for _ in range(spec.epochs):
-        with autograd.record():
-            loss = loss_of(forward())
-        loss.backward()
-        curve.append(loss.asscalar().item())
-        for p in params.values():
-            p -= spec.lr * p.grad
-    p = forward()
-    loss = loss_of(p)
+        for xb, yb in batch:
+            with autograd.record():
+                loss = loss_of(forward(xb), yb)
+            loss.backward()
+            curve.append(loss.asscalar().item())
+            rule.tick()
+            for name, p in params.items():
+                p[:] = rule.step(name, p, p.grad)  # in place: p keeps its gradient buffer
+    p = forward(x)
+    loss = loss_of(p, y)
     return TrainResult(params_start=start, params_final={k: v.asnumpy() for k, v in params.items()},
                        loss_curve=curve, loss_final=loss.asscalar().item(),
-                       probs=p.asnumpy().reshape(-1))
+                       probs=p.asnumpy().reshape(-1), hparams=hp)
 
 
 def _build(mx, spec: TrainSpec):
@@ -208,6 +326,18 @@ def _custom_classes():
     return SingleLayerNN, ThreeLayerNN
 
 
+def _trainer(mx, params, cell):
+    """A ``gluon.Trainer`` with the cell's optimizer family, and the
+    hyperparameters it holds, in harness names."""
+    name, translate = _OPTIMIZERS[cell.optimizer]
+    given = hyperparameters(cell)
+    if cell.hparams == "defaults":
+        given = {"lr": given["lr"]}
+    trainer = mx.gluon.Trainer(params, name, {translate[k]: v for k, v in given.items()})
+    opt = trainer.optimizer
+    return trainer, {k: float(getattr(opt, _ATTRIBUTE.get(m, m))) for k, m in translate.items()}
+
+
 def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     import mxnet as mx
 
@@ -215,30 +345,46 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
     net, read = _build(mx, spec)
     if spec.mode == "compiled":
         net.hybridize()
-    x, y = nd.array(spec.x, dtype=spec.dtype), nd.array(spec.y, dtype=spec.dtype)
+    (x, y), batch = _rows(nd, spec)
     loss_fn = gluon.loss.SigmoidBinaryCrossEntropyLoss()
     params = net.collect_params()
-    trainer = gluon.Trainer(params, "sgd", {"learning_rate": spec.lr}) if use_optimizer else None
+    mean = spec.reduction == "mean"
+    trainer, rule = None, None
+    if use_optimizer:
+        trainer, hp = _trainer(mx, params, spec.cell)
+    else:
+        hp = in_effect(spec.cell, optimizer_defaults)
+        rule = Textbook(spec.cell, hp, nd.sqrt)
     start = read()
     curve = []
     for _ in range(spec.epochs):
-        with autograd.record():
-            loss = loss_fn(net(x), y).sum()
-        loss.backward()
-        curve.append(loss.asscalar().item())
-        if trainer:
-            trainer.step(1)
-        else:
-            for param in params.values():
-                weight = param.data()  # the stored array itself, updated in place
-                weight -= spec.lr * param.grad()
+        for xb, yb in batch:
+            with autograd.record():
+                each = loss_fn(net(xb), yb)  # one loss per row
+                loss = each.mean() if mean else each.sum()
+            if trainer and mean:
+                # MXNet's idiom for a mean: backward() on the per-row losses
+                # (their sum), and step(rows) scales the gradient by 1 / rows.
+                each.backward()
+                trainer.step(len(yb))
+            elif trainer:
+                loss.backward()
+                trainer.step(1)  # the gradient is already the summed loss's
+            else:
+                loss.backward()
+                rule.tick()
+                for name, param in params.items():
+                    weight = param.data()  # the stored array itself, updated in place
+                    weight[:] = rule.step(name, weight, param.grad())
+            curve.append(loss.asscalar().item())
     z = net(x)
-    loss = loss_fn(z, y).sum()
-    # sgd_update's lr is a C float (see the docstring).
+    each = loss_fn(z, y)
+    loss = each.mean() if mean else each.sum()
+    # MXNet's optimizer kernels take the learning rate as a C float (see the docstring).
     info = {"lr_applied": float(np.float32(spec.lr))} if use_optimizer else {}
     return TrainResult(params_start=start, params_final=read(), loss_curve=curve,
                        loss_final=loss.asscalar().item(), probs=z.sigmoid().asnumpy().reshape(-1),
-                       info=info)
+                       info=info, hparams=hp)
 
 
 TRAINERS = {

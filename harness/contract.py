@@ -41,9 +41,10 @@ Optional
                            (``harness.tasks.OPTIMIZERS``) its optimizer
                            object lacks; the ``optimizer`` and ``custom``
                            levels of those families are ``unsupported``
-                           with the reason.  (The ``raw`` and ``module``
-                           levels write every family out by hand with
-                           ``harness.recipes.Textbook``.)
+                           with the reason.  A key (family, dtype) is a
+                           gap at that dtype only.  (The ``raw`` and
+                           ``module`` levels write every family out by
+                           hand with ``harness.recipes.Textbook``.)
   ``optimizer_defaults(family)`` -> {hyperparameter: value}: the
                            framework's own defaults for the family, read
                            from its optimizer object (``--hparams
@@ -77,8 +78,8 @@ from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Mapping
 
-from harness.tasks import (ARCHS, LEVELS, MODES, OPTIMIZERS, PERCEPTRON_LEVELS, TrainResult,
-                           TrainSpec)
+from harness.tasks import (ARCHS, DTYPES, LEVELS, MODES, OPTIMIZERS, PERCEPTRON_LEVELS,
+                           TrainResult, TrainSpec)
 
 REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
 OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "OPTIMIZER_GAPS", "loss_and_grad",
@@ -142,8 +143,9 @@ class Backend:
             return ("the perceptron levels have their own rule (Rosenblatt's, online or "
                     "batch) and no loss: optimizer families, batch size, reduction and weight "
                     "decay apply to the gradient levels only")
-        if cell.level in OPTIMIZER_LEVELS and cell.optimizer in self.optimizer_gaps:
-            return self.optimizer_gaps[cell.optimizer]
+        if cell.level in OPTIMIZER_LEVELS:
+            gaps = self.optimizer_gaps
+            return gaps.get(cell.optimizer) or gaps.get((cell.optimizer, cell.dtype))
         return None
 
     def train(self, spec: TrainSpec) -> TrainResult:
@@ -264,9 +266,11 @@ def check(name: str, mod: ModuleType) -> Backend:
             raise broken(f"MODES names level {level!r}, which it does not train")
     opt_gaps = getattr(mod, "OPTIMIZER_GAPS", {})
     if not isinstance(opt_gaps, dict) or not all(
-            f in OPTIMIZERS and isinstance(r, str) and r.strip() for f, r in opt_gaps.items()):
+            (f in OPTIMIZERS or isinstance(f, tuple) and len(f) == 2 and f[0] in OPTIMIZERS
+             and f[1] in DTYPES) and isinstance(r, str) and r.strip()
+            for f, r in opt_gaps.items()):
         raise broken("OPTIMIZER_GAPS must be a dict from optimizer family "
-                     f"({', '.join(OPTIMIZERS)}) to a reason")
+                     f"({', '.join(OPTIMIZERS)}), or (family, dtype), to a reason")
     for member in ("framework_version", "loss_and_grad", "known_departure", "departures",
                    "optimizer_defaults"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):

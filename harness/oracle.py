@@ -226,14 +226,24 @@ VARIANTS: dict[str, str] = {
                "sqrt(1 - b2^t) of the textbook's)",
     "eps-inside-sqrt": "rmsprop with epsilon inside the square root: p -= lr g / sqrt(s + eps)",
     "ones-init": "rmsprop's average of squared gradients starts at 1, not 0",
-    "float32-hparams": "every hyperparameter (lr, momentum, betas, eps, rho, weight decay, "
-                       "adam's bias-corrected step lr_t) is rounded to float32 before use "
-                       "(a C++ kernel taking them as float), the arithmetic stays in the "
-                       "parameters' dtype",
+    "float32-hparams": "every hyperparameter (lr, momentum, betas, eps, rho, weight decay) "
+                       "is rounded to float32 before use (a C++ kernel taking them as float), "
+                       "the arithmetic stays in the parameters' dtype; with eps-hat, adam's "
+                       "step lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) is computed from the "
+                       "unrounded hyperparameters (in the caller, in float64) and rounded to "
+                       "float32 as a whole",
     "decoupled-weight-decay": "weight decay applied to the parameter, p -= lr wd p, before the "
                               "update, instead of wd p added to the gradient (AdamW-style)",
     "nesterov-chainer": "nesterov as v = mu v - lr g; p += mu^2 v - (1 + mu) lr g, with the "
                         "updated v (Bengio et al. 2013's formula uses the previous one)",
+    "nesterov-wd-updated-weight": "nesterov whose stored momentum takes its weight-decay term "
+                                  "at the already updated parameter: p' = p - lr (g + wd p + "
+                                  "mu (mu v + g + wd p)), then v = mu v + g + wd p' (a kernel "
+                                  "writing p' in place before it reads p for the momentum)",
+    "float32-rescale-grad": "with reduction mean, the batch's summed-loss gradient is "
+                            "multiplied by 1 / rows rounded to float32 (a gradient scale the "
+                            "kernel takes as a C float), instead of divided by rows; the loss "
+                            "itself is still the exact mean",
 }
 
 
@@ -250,6 +260,7 @@ class _Rule:
         if unknown:
             raise ValueError(f"unknown oracle variant {sorted(unknown)[0]!r}")
         self.family, self.variant = family, frozenset(variant)
+        self.exact = (lr, hp)  # as given, for float32-hparams' lr_t
         if "float32-hparams" in self.variant:
             lr, hp = _f32(lr), {k: _f32(v) for k, v in hp.items()}
         self.lr, self.hp, self.t, self.state = lr, hp, 0, {}
@@ -257,6 +268,7 @@ class _Rule:
     def step(self, name, p, g):
         lr, hp, family, var = self.lr, self.hp, self.family, self.variant
         wd = hp.get("weight_decay", 0.0)
+        g_own = g  # without weight decay
         if wd and "decoupled-weight-decay" in var:
             p = p - p * wd * lr
         elif wd:
@@ -269,8 +281,13 @@ class _Rule:
                 v = mu * self.state.get(name, 0.0) - lr * g
                 self.state[name] = v
                 return p + mu * mu * v - (1 + mu) * lr * g
-            v = mu * self.state.get(name, 0.0) + g
+            v_old = self.state.get(name, 0.0)
+            v = mu * v_old + g
             self.state[name] = v
+            if family == "nesterov" and "nesterov-wd-updated-weight" in var:
+                p = p - lr * (g + mu * v)
+                self.state[name] = mu * v_old + g_own + wd * p
+                return p
             return p - lr * (g + mu * v) if family == "nesterov" else p - lr * v
         if family == "adam":
             b1, b2, eps = hp["beta1"], hp["beta2"], hp["eps"]
@@ -281,7 +298,9 @@ class _Rule:
             if "eps-hat" in var:
                 lr_t = lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
                 if "float32-hparams" in var:
-                    lr_t = _f32(lr_t)
+                    lr0, hp0 = self.exact
+                    b1, b2 = hp0["beta1"], hp0["beta2"]
+                    lr_t = _f32(lr0 * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t))
                 return p - lr_t * m / (np.sqrt(s) + eps)
             return p - lr * (m / (1 - b1 ** self.t)) / (np.sqrt(s / (1 - b2 ** self.t)) + eps)
         if family == "rmsprop":
@@ -317,7 +336,9 @@ def _gradient_descent(params, x, y, problem: "Problem"):
             loss, grad, z = loss_and_grad_batch(params, x[sl], y[:, sl])
             if problem.reduction == "mean":
                 count = sl.stop - sl.start
-                loss, grad = loss / count, {k: v / count for k, v in grad.items()}
+                scale = _f32(1 / count) if "float32-rescale-grad" in problem.variant else None
+                loss, grad = loss / count, {k: v / count if scale is None else v * scale
+                                            for k, v in grad.items()}
             curve[:, u] = loss
             right[:, u] = (np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2)) if full
                            else _all_right(params, x, y))
