@@ -56,9 +56,10 @@ Optimizer families (optax 0.2.4, read from ``optax/_src/alias.py``,
   ``eps_in_sqrt=True``: ``g * rsqrt(nu + eps)``, epsilon INSIDE the square
   root (nu starts at ``initial_scale=0``, as the textbook's): departure
   ``eps-inside-sqrt`` (``departures``).  Measured at float64, seed 0,
-  single ``and``, 60 updates, lr 0.125, eps 1e-4: textbook dev ~1e-3,
-  variant dev ~1e-16 (``tests/test_recipes_jax.py``); with the defaults
-  (lr 0.5, eps 1e-8, 100 updates) textbook dev 1.8e-5, variant agrees.
+  single ``and``, 60 updates, lr 0.125, eps 1e-4: textbook dev 3.8e-3,
+  the variant within the 1e-9 tolerance, compiled and eager
+  (``tests/test_recipes_jax.py``); with the defaults (lr 0.5, eps 1e-8,
+  100 updates) textbook dev 1.8e-5, the variant within tolerance.
 * Weight decay: ``optax.add_decayed_weights(wd)`` chained before the
   family's transformation, ``g + wd p``: L2 added to the gradient, the
   textbook's (``optax.adamw`` is decoupled and is not used).
@@ -76,10 +77,13 @@ Optimizer families (optax 0.2.4, read from ``optax/_src/alias.py``,
   momentum and nesterov families are then plain gradient descent, recorded
   as momentum 0 (which is what the textbook rule with momentum 0 computes).
 
-All five families, both hand-written and optax's, at every level and both
-modes: see the float64 sweep in the report of issue 9 (every cell agrees
-with the textbook or is explained by ``eps-inside-sqrt``, except rmsprop
-cells whose trajectories amplify round-off; see ``departures``).
+Caveat, every backend: rmsprop (and any rule that divides g by sqrt(s))
+is scale-invariant in g, so near a stationary point or a saturated row,
+where g is tiny and carries a large RELATIVE round-off (sigmoid(z) - y
+cancels), it turns that round-off into an O(1) relative error of the step.
+Such float64 cells can leave the 1e-9 band through gradient round-off
+alone: the oracle's own trajectory moves past it when its dL/dz is computed
+in the equally valid form -sigmoid(-z) for y = 1 rows.
 """
 from __future__ import annotations
 
