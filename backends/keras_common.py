@@ -23,31 +23,102 @@ Conventions adapted, for all three rows (measured on each):
   compiled total loss and loss tracker, ``SGD``'s learning-rate variable):
   training runs inside ``floatx(keras, dtype)``, which also unsets the
   global dtype policy and restores both exactly on exit.
-* ``keras.optimizers.SGD`` defaults to momentum 0, no weight decay, no
-  clipping, no EMA: plain ``v -= lr * g``.
 * ``model.fit`` shuffles by default and uses batches of 32: every row gets
-  ``shuffle=False`` and one full batch per epoch.
+  ``shuffle=False`` and batches of the cell's ``batch_size`` (default: all
+  rows, one batch per epoch) in truth-table order.
+* Reduction: ``BinaryCrossentropy(reduction='sum')`` for ``--reduction sum``,
+  Keras' own default ``'sum_over_batch_size'`` (the sum divided by the
+  batch's rows) for ``mean``.
+
+Recipes (``--optimizer``, ``--batch-size``, ``--reduction``):
+
+* ``raw`` and ``module`` write every family out by hand
+  (``harness.recipes.Textbook``, with the backend's own ``sqrt``).  Inside
+  ``tf.function`` and ``jax.jit`` the rule runs as a pure function
+  (``textbook_update``): the update count and the rule's state go in as
+  tensors and come out again, so one trace serves every step.
+* ``optimizer`` and ``custom`` use Keras' own optimizer objects, every family
+  Keras has: ``sgd`` is ``SGD(learning_rate)``, ``momentum``
+  ``SGD(momentum=mu)``, ``nesterov`` ``SGD(momentum=mu, nesterov=True)``,
+  ``adam`` ``Adam(beta_1, beta_2, epsilon)``, ``rmsprop`` ``RMSprop(rho,
+  epsilon)`` (momentum 0, not centered), with ``--hparams explicit`` every
+  hyperparameter of the cell under Keras' name (``KERAS_NAMES``), with
+  ``defaults`` only the learning rate.  The record's ``hparams_used`` is
+  read back from the optimizer object (the learning rate from its variable,
+  which Keras keeps in ``floatx``: the cell's dtype here).
+  Read in keras/src/optimizers/ (Keras 3.15.1) and measured at float64
+  (``departures``):
+
+  - ``SGD`` with momentum keeps ``m = mu m - lr g`` and adds it (nesterov:
+    ``p += mu m - lr g``): the textbook's ``v = mu v + g; p -= lr v`` with
+    ``m = -lr v``, equal up to round-off (agrees with the textbook).
+  - ``Adam`` adds epsilon to ``sqrt(v)`` and folds both bias corrections
+    into ``alpha = lr sqrt(1 - b2^t) / (1 - b1^t)``: atom ``eps-hat``.
+  - ``RMSprop`` divides by ``sqrt(velocity + epsilon)``, the velocity
+    starting at zeros: atom ``eps-inside-sqrt``.
+  - ``weight_decay=`` is decoupled: ``variable - variable * wd * lr`` before
+    the update, the gradient taken at the undecayed parameters (every
+    optimizer, keras/src/optimizers/base_optimizer.py
+    ``_apply_weight_decay``): atom ``decoupled-weight-decay``.  (L2 added to
+    the gradient would be a ``kernel_regularizer``, whose penalty ``fit``
+    adds to the loss it reports.)
+  - Keras' defaults (``optimizer_defaults``): SGD momentum 0.0 (so
+    ``momentum`` and ``nesterov`` with ``--hparams defaults`` are plain
+    gradient descent), Adam epsilon 1e-7 (not 1e-8), RMSprop rho 0.9 and
+    epsilon 1e-7, no weight decay.
+  - Hyperparameters other than the learning rate are Python floats, used
+    as they are or through ``ops.cast(value, variable.dtype)`` (the
+    momentum, Adam's betas for ``b^t``, the weight decay): exact at float64
+    on JAX, but TensorFlow's cast makes a float32 tensor first (atom
+    ``float32-casts``, the tensorflow row only; backends/tensorflow_backend.py).
+  - Measured on keras-jax (float64, compiled, single ``and``, seed 0, 100
+    epochs; deviation of the final parameters from the textbook, then from
+    the named variant): momentum 0.9, lr 0.3: 2.0e-16 (the textbook); Adam
+    at the harness's defaults: 6.3e-8, ``eps-hat`` 1.1e-16; RMSprop: 1.8e-5,
+    ``eps-inside-sqrt`` 7.9e-16; Adam, lr 0.3, weight decay 0.01: 4.3e-1,
+    ``eps-hat+decoupled-weight-decay`` 2.0e-16.  Plain SGD with weight decay
+    agrees with the textbook (3.0e-16): decoupled and L2 decay differ only by
+    round-off without a rule state; with momentum they do not (9.0e-1).
+
+* Each ``loss_curve`` entry is the loss of that update's batch before the
+  update, exactly: ``fit``'s logged ``loss`` is the epoch's running mean of
+  its loss tracker, weighted by batch size (``(loss * 3) / 3`` is not
+  ``loss`` in one case in six), so the optimizer level compiles one more
+  metric, ``BatchLoss``: the compiled loss function on the step's own
+  ``y_pred``, which ``fit`` computes before it applies the update, kept as
+  is (no averaging), read by a callback after every batch.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from harness.tasks import TrainResult, TrainSpec
+from harness.recipes import Textbook, in_effect
+from harness.tasks import HYPERPARAMETERS, TrainResult, TrainSpec, batches, hyperparameters
+
+# Each optimizer family's Keras class, and the harness's hyperparameter
+# names as Keras' constructors spell them.
+KERAS_CLASSES = {"sgd": "SGD", "momentum": "SGD", "nesterov": "SGD", "adam": "Adam",
+                 "rmsprop": "RMSprop"}
+KERAS_NAMES = {"momentum": "momentum", "beta1": "beta_1", "beta2": "beta_2", "eps": "epsilon",
+               "rho": "rho", "weight_decay": "weight_decay"}
 
 
 @dataclass(frozen=True)
 class KerasRow:
     """What one Keras backend does its own way."""
 
-    # (model, loss_fn, x, y, spec) -> loss curve: the module level's
-    # hand-written gradient descent with this backend's gradient.
+    # (model, loss_fn, data, spec, rule) -> loss curve: the module level's
+    # hand-written updates (rule: harness.recipes.Textbook) with this
+    # backend's gradient, over ``data``, one epoch's (x, y) batches.
     hand_train: Callable[..., list[float]]
-    # spec -> keyword arguments of model.fit giving one full batch per epoch.
+    # spec -> keyword arguments of model.fit giving the cell's batches, in
+    # table order, every epoch.
     fit_data: Callable[[TrainSpec], dict[str, Any]]
     # mode -> jit_compile for model.compile (TensorFlow's compiled mode is a
     # tf.function without XLA; JAX's is jax.jit, which is XLA).
@@ -154,8 +225,126 @@ def build(keras, spec: TrainSpec):
 
 
 def array_data(spec: TrainSpec) -> dict[str, Any]:
-    """fit's arrays as one unshuffled batch per epoch."""
-    return {"x": spec.x, "y": spec.y, "batch_size": len(spec.x)}
+    """fit's arrays in unshuffled batches of the cell's size (default: all rows)."""
+    return {"x": spec.x, "y": spec.y, "batch_size": spec.batch_size or len(spec.x)}
+
+
+# ------------------------------------------------------------------ recipes
+
+def optimizer_defaults(family: str) -> dict[str, float]:
+    """Keras' own defaults for a family's hyperparameters, read from the
+    signature of its optimizer class (weight_decay None: 0)."""
+    import inspect
+
+    import keras
+
+    params = inspect.signature(getattr(keras.optimizers, KERAS_CLASSES[family])).parameters
+    return {name: float(params[KERAS_NAMES[name]].default or 0.0)
+            for name in HYPERPARAMETERS[family]}
+
+
+def make_optimizer(keras, spec: TrainSpec):
+    """The family's Keras optimizer: the learning rate and, with --hparams
+    explicit, every other hyperparameter of the cell."""
+    hp = hyperparameters(spec.cell)
+    kwargs = {"learning_rate": hp.pop("lr")}
+    kwargs.update({KERAS_NAMES[name]: value for name, value in hp.items()})
+    if spec.optimizer == "nesterov":
+        kwargs["nesterov"] = True
+    return getattr(keras.optimizers, KERAS_CLASSES[spec.optimizer])(**kwargs)
+
+
+def read_hparams(optimizer, family: str) -> dict[str, float]:
+    """The hyperparameters in effect, read back from a Keras optimizer."""
+    out = {"lr": float(to_numpy(optimizer.learning_rate))}
+    for name in HYPERPARAMETERS[family]:
+        value = getattr(optimizer, KERAS_NAMES[name])
+        out[name] = 0.0 if value is None else float(value)
+    return out
+
+
+def departures(cell, float32_casts: bool = False) -> tuple[str, ...]:
+    """How Keras' optimizer objects depart from the textbook rule (module
+    docstring); the hand-written levels do not.  ``float32_casts``: the
+    Keras backend's ``ops.cast`` of a Python float goes through float32
+    (TensorFlow's), which reaches the momentum, adam's bias-correction
+    powers and the weight decay."""
+    if cell.level not in ("optimizer", "custom"):
+        return ()
+    atoms = {"adam": ("eps-hat",), "rmsprop": ("eps-inside-sqrt",)}.get(cell.optimizer, ())
+    if cell.weight_decay:
+        atoms += ("decoupled-weight-decay",)
+    if float32_casts and (cell.optimizer in ("momentum", "nesterov", "adam")
+                          or cell.weight_decay):
+        atoms += ("float32-casts",)
+    return atoms
+
+
+def textbook(spec: TrainSpec, sqrt) -> Textbook:
+    """The cell's hand-written rule with the hyperparameters in effect
+    (--hparams defaults: Keras')."""
+    return Textbook(spec.cell, in_effect(spec.cell, optimizer_defaults), sqrt)
+
+
+def zero_state(rule: Textbook, params: dict, zeros_like) -> dict:
+    """The rule's state for ``params`` before the first update: as many
+    zeros per parameter as the family keeps (its first step from zeros is
+    the same as from no state), so a traced step has one signature."""
+    probe = copy.copy(rule)
+    probe.state, probe.t, probe.sqrt = {}, 1, np.sqrt
+    probe.step("p", np.zeros(()), np.ones(()))
+    count = len(probe.state.get("p", ()))
+    return {k: tuple(zeros_like(v) for _ in range(count)) for k, v in params.items()}
+
+
+def textbook_update(rule: Textbook, t, state: dict, params: dict, grads: dict):
+    """``rule.step`` as a pure function, for tf.function and jax.jit: the
+    update count ``t`` (a tensor) and the state go in, the new parameters
+    and state come out."""
+    rule.t, rule.state = t, dict(state)
+    new = {k: rule.step(k, params[k], grads[k]) for k in params}
+    return new, {k: rule.state.get(k, ()) for k in state}
+
+
+@functools.lru_cache(maxsize=None)
+def batch_loss_class():
+    """``BatchLoss``: a metric holding the loss of the step's batch at the
+    parameters before its update (``fit`` computes metrics on the step's
+    ``y_pred``), not averaged over the epoch's batches like ``fit``'s own
+    ``loss``.  Defined once per process."""
+    import keras
+
+    class BatchLoss(keras.metrics.Metric):
+        def __init__(self, loss_fn, dtype):
+            super().__init__(name="batch_loss", dtype=dtype)
+            self.loss_fn = loss_fn
+            self.last = self.add_variable(shape=(), initializer="zeros", dtype=dtype,
+                                          name="last")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.last.assign(self.loss_fn(y_true, y_pred))
+
+        def result(self):
+            return keras.ops.cast(self.last, self.dtype)
+
+        def reset_state(self):
+            self.last.assign(keras.ops.zeros((), dtype=self.dtype))
+
+    return BatchLoss
+
+
+def _fit(keras, model, loss_fn, spec: TrainSpec, row: KerasRow):
+    """compile + fit with the family's optimizer: (loss curve, hparams)."""
+    optimizer = make_optimizer(keras, spec)
+    model.compile(optimizer=optimizer, loss=loss_fn,
+                  metrics=[batch_loss_class()(loss_fn, spec.dtype)],
+                  jit_compile=row.jit_compile(spec.mode), run_eagerly=spec.mode == "eager")
+    curve: list[float] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: curve.append(float(logs["batch_loss"])))
+    model.fit(**row.fit_data(spec), epochs=spec.epochs, shuffle=False, verbose=0,
+              callbacks=[record])
+    return curve, read_hparams(optimizer, spec.optimizer)
 
 
 def train(spec: TrainSpec, use_optimizer: bool, row: KerasRow) -> TrainResult:
@@ -165,33 +354,36 @@ def train(spec: TrainSpec, use_optimizer: bool, row: KerasRow) -> TrainResult:
     with floatx(keras, spec.dtype):
         model, read = build(keras, spec)
         x, y = keras.ops.convert_to_tensor(spec.x), keras.ops.convert_to_tensor(spec.y)
-        loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
+        reduction = "sum" if spec.reduction == "sum" else "sum_over_batch_size"
+        loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction=reduction,
                                                   dtype=spec.dtype)
         start = read()
         if use_optimizer:
-            model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr), loss=loss_fn,
-                          jit_compile=row.jit_compile(spec.mode), run_eagerly=spec.mode == "eager")
-            history = model.fit(**row.fit_data(spec), epochs=spec.epochs, shuffle=False,
-                                verbose=0)
-            curve = [float(v) for v in history.history["loss"]]
+            curve, hp = _fit(keras, model, loss_fn, spec, row)
         else:
-            curve = row.hand_train(model, loss_fn, x, y, spec)
+            rule = textbook(spec, keras.ops.sqrt)
+            data = [(keras.ops.convert_to_tensor(spec.x[rows]),
+                     keras.ops.convert_to_tensor(spec.y[rows])) for rows in batches(spec.cell)]
+            curve, hp = row.hand_train(model, loss_fn, data, spec, rule), rule.hp
         z = model(x, training=False)
         loss = row.final_loss(loss_fn, y, z, spec) if row.final_loss else loss_fn(y, z)
         return TrainResult(params_start=start, params_final=read(), loss_curve=curve,
                            loss_final=float(to_numpy(loss)),
-                           probs=to_numpy(keras.ops.sigmoid(z)).reshape(-1), info=row.info(spec))
+                           probs=to_numpy(keras.ops.sigmoid(z)).reshape(-1), info=row.info(spec),
+                           hparams=hp)
 
 
-def written_out_loss(ops, params, x, y):
-    """The raw level's forward pass and the notebook's loss in ``keras.ops``:
+def written_out_loss(ops, params, x, y, mean: bool = False):
+    """The raw level's forward pass and the notebook's loss in ``keras.ops``,
+    summed over the rows or (``mean``) divided by their number:
     (loss, probabilities)."""
     if "W" in params:
         p = ops.sigmoid(ops.matmul(x, params["W"]) + params["b"])
     else:
         h = ops.sigmoid(ops.matmul(x, params["W1"]) + params["b1"])
         p = ops.sigmoid(ops.matmul(h, params["W2"]) + params["b2"])
-    return -ops.sum(ops.log(y * p + (1 - y) * (1 - p))), p
+    loss = -ops.sum(ops.log(y * p + (1 - y) * (1 - p)))
+    return (loss / x.shape[0] if mean else loss), p
 
 
 def levels(raw, row: KerasRow) -> dict:

@@ -1,14 +1,17 @@
 """TensorFlow 2 with Keras 3.
 
 * ``raw``: ``tf.Variable`` parameters, the notebook's written-out loss under
-  ``tf.GradientTape``, update written with ``assign_sub``.
+  ``tf.GradientTape``, the family's textbook update written out
+  (``harness.recipes.Textbook`` with ``tf.sqrt``) and ``assign``-ed.
 * ``module``: ``keras.Sequential`` of ``Dense`` layers (hidden layer with
   ``activation='sigmoid'``, output layer linear: logits) and
   ``keras.losses.BinaryCrossentropy(from_logits=True, reduction='sum')``;
-  update written with ``assign_sub`` over ``model.trainable_variables``.
-* ``optimizer``: the same model, ``model.compile(keras.optimizers.SGD(lr),
-  that loss)`` and ``model.fit`` over one full, unshuffled batch per epoch
-  (see below); the loss curve is ``history.history['loss']``.
+  the textbook update written out over ``model.trainable_variables``.
+* ``optimizer``: the same model, ``model.compile(<the family's Keras
+  optimizer>, that loss)`` and ``model.fit`` over the cell's unshuffled
+  batches (default one full batch per epoch, see below); the loss curve is
+  each step's batch loss (``BatchLoss`` in backends/keras_common.py, not
+  ``history.history['loss']``, an average over the epoch's batches).
 * ``custom``: user-style ``keras.Model`` subclasses (``SingleLayerNN``,
   ``ThreeLayerNN``: layers as attributes, the forward pass in ``call``),
   compiled and fitted like the optimizer level.  A subclassed model's
@@ -24,15 +27,18 @@ Modes:
   ``compile(run_eagerly=True)`` for ``fit``.
 * ``graph``: the notebook's TensorFlow 1, a graph of placeholders and
   variables run in ``tf.compat.v1.Session`` (single-threaded).  Raw level:
-  the written-out loss, ``tf.gradients`` and ``assign_sub`` (the update ops
-  are built once, under a control dependency on the loss and gradients, so
-  every step reads the parameters before it moves them; the notebook built
-  new assign ops every step).  Optimizer level:
-  ``tf.compat.v1.train.GradientDescentOptimizer(lr).minimize`` of the summed
+  the written-out loss, ``tf.gradients`` and the rule's ``assign`` (the
+  update ops are built once, under a control dependency on the loss and
+  gradients, so every step reads the parameters before it moves them; the
+  notebook built new assign ops every step).  Optimizer level: the family's
+  ``tf.compat.v1.train`` optimizer (``GradientDescentOptimizer(lr)`` for
+  sgd) ``.minimize`` of the summed (or averaged)
   ``sigmoid_cross_entropy_with_logits``, on plain variables, because Keras
   3 layers do not exist in TF1 graphs (``tf.compat.v1.layers.dense`` raises
   "not available with Keras 3"): the module and custom levels have no graph
-  mode.
+  mode.  Every recipe runs in every mode; in graph mode the raw level's
+  textbook rule keeps its state in variables and is fed the update count,
+  and the optimizer level uses the family's TF1 optimizer (below).
 
 In compiled mode the tf.functions are traced once per cell with
 ``jit_compile=False`` (no XLA; Keras' ``'auto'`` would pick XLA on a
@@ -62,9 +68,61 @@ the keras-jax and keras-torch rows: backends/keras_common.py):
   and the first ``keras.config.dtype_policy()`` call stores the policy of
   the floatx of the moment for good.  Layers also get ``dtype=``
   explicitly.
-* ``keras.optimizers.SGD`` defaults to momentum 0, no weight decay, no
-  clipping, no EMA: plain ``v -= lr * g``.
+* Keras' optimizers: the families, their departures from the textbook and
+  their defaults are in backends/keras_common.py.  One more on this row
+  only: Keras' optimizers pass the momentum, Adam's betas (for the
+  bias-correction powers ``b^t``) and the weight decay through
+  ``ops.cast(python_float, variable.dtype)``, which on TensorFlow is
+  ``tf.cast``: the Python float becomes a float32 tensor first, so at
+  float64 they are float32-rounded while the learning rate (a float64
+  variable), Adam's ``1 - b`` factors, epsilon and rho stay exact (atom
+  ``float32-casts``; JAX's cast is exact, keras-jax has no such atom).
+  Measured (float64, single ``and``, seed 0, 100 epochs; deviation of the
+  final parameters from the textbook, then from the named variant):
+  momentum 0.9, lr 0.3: 1.3e-7, ``float32-casts`` 2.0e-16; Adam at the
+  harness's defaults: 2.2e-6, ``eps-hat+float32-casts`` 1.1e-16; Adam with
+  float32-exact hyperparameters (lr 0.125, betas 0.875/0.9990234375, eps
+  2^-17): 7.1e-5, same variant 3.0e-16; RMSprop at the defaults: 1.8e-5,
+  ``eps-inside-sqrt`` 3.6e-15; SGD, lr 0.3, weight decay 0.01: 2.8e-9,
+  ``decoupled-weight-decay+float32-casts`` 1.5e-16.
+* TF1 optimizers (graph mode, optimizer level), read in
+  tensorflow/python/training/{gradient_descent,momentum,adam,rmsprop}.py
+  and the ``ApplyGradientDescent``, ``ApplyMomentum``, ``ApplyAdam``,
+  ``ApplyRMSProp`` kernels: ``sgd`` is ``GradientDescentOptimizer(lr)``,
+  ``momentum``/``nesterov`` ``MomentumOptimizer(lr, mu, use_nesterov=)``
+  (``accum = mu accum + g; p -= lr accum``, nesterov ``p -= lr g + lr mu
+  accum``: the textbook), ``adam`` ``AdamOptimizer(lr, beta1, beta2,
+  epsilon)``, ``rmsprop`` ``RMSPropOptimizer(lr, decay=rho, momentum=0,
+  epsilon)``, hyperparameters passed as Python floats as the notebook passes
+  its learning rate.  Departures (``departures``):
+
+  - every hyperparameter becomes a float32 tensor (``convert_to_tensor`` of
+    a Python float) and is cast to the variable's dtype in
+    ``_apply_dense``: float32-rounded at float64 (atom ``float32-hparams``;
+    lr 0.3: 2.1e-8 from the textbook, 0 from the variant);
+  - Adam: epsilon added to ``sqrt(v)`` with ``lr_t = lr sqrt(1 - b2^t) /
+    (1 - b1^t)`` computed in the kernel (``eps-hat``), from ``beta1_power``
+    and ``beta2_power``, non-slot variables created from the Python floats
+    (float32) and multiplied by the float32 betas after every step: float32
+    running products (new atom ``float32-beta-powers``; with float32-exact
+    hyperparameters 7.2e-5 from the textbook, 0 from
+    ``eps-hat+float32-beta-powers+float32-hparams``, while
+    ``eps-hat+float32-hparams`` alone is off);
+  - RMSProp: ``ms`` starts at ones (``ones_initializer``, atom
+    ``ones-init``) and the step is ``lr g / sqrt(ms + eps)``
+    (``eps-inside-sqrt``): at the defaults 9.6e-2 from the textbook, 3.3e-16
+    from the three atoms;
+  - TF1 optimizers take no weight decay: we add ``wd * sum(l2_loss(p))`` to
+    the minimized loss (``loss_curve`` stays the cross-entropy), the
+    textbook's L2, its coefficient a Python float multiplied into a float64
+    tensor: exact (atom ``float64-weight-decay`` with ``float32-hparams``).
+  - Defaults (``--hparams defaults``; read back from the object): lr only;
+    Adam beta1 0.9, beta2 0.999, epsilon 1e-8; RMSProp decay 0.9, epsilon
+    1e-10; ``MomentumOptimizer`` has no default momentum, so it gets the
+    harness's (0.9).  The hand-written levels (raw, module, in every mode)
+    take Keras' defaults: this row's optimizers are Keras'.
 * ``model.fit`` shuffles by default and uses batches of 32; one epoch must be
+  the cell's batches in table order.  With the default full batch, one epoch is
   one full-batch step.  ``model.fit(x, y, batch_size=<all rows>,
   shuffle=False)`` does that, but costs ~50 ms per epoch on a 2-core
   machine (about a minute per 1000-epoch cell), nearly all of it creating
@@ -72,8 +130,10 @@ the keras-jax and keras-torch rows: backends/keras_common.py):
   the same single batch as ``tf.data.Dataset.from_tensors((x, y)).repeat()``
   with ``steps_per_epoch=1``: ~2 ms per epoch, and bit-identical parameters
   and loss curves (tests/test_backends.py checks it).
-  ``history.history['loss']`` holds the loss computed inside each step before
-  its update, as our ``loss_curve`` requires.
+  With ``--batch-size`` the dataset is ``from_tensor_slices((x, y))
+  .batch(batch_size).repeat()`` and ``steps_per_epoch`` the number of
+  batches: the same unshuffled batches as ``fit(batch_size=,
+  shuffle=False)``.
 * TensorFlow's CPU graphs are rewritten for oneDNN (``TF_ENABLE_ONEDNN_OPTS``,
   on by default on x86), which can change float32 round-off.  The rewrite
   does not handle float64: each trace of a float64 Keras step logs ``Not
@@ -89,11 +149,27 @@ import functools
 import numpy as np
 
 from backends import keras_common
-from harness.tasks import TrainResult, TrainSpec
+from harness.tasks import (HPARAM_DEFAULTS, HYPERPARAMETERS, TrainResult, TrainSpec, batches,
+                           hyperparameters, updates_per_epoch)
 
 NAME = "tensorflow"
 IMPORTS = ("tensorflow", "keras")
 UNSUPPORTED: dict[str, str] = {}
+
+optimizer_defaults = keras_common.optimizer_defaults
+
+
+def departures(cell) -> tuple[str, ...]:
+    """Keras' optimizers' departures (backends/keras_common.py), and in graph
+    mode TF1's (the module docstring)."""
+    if cell.mode != "graph":
+        return keras_common.departures(cell, float32_casts=True)
+    if cell.level != "optimizer":
+        return ()
+    atoms = {"adam": ("eps-hat", "float32-beta-powers"),
+             "rmsprop": ("eps-inside-sqrt", "ones-init")}.get(cell.optimizer, ())
+    wd = ("float64-weight-decay",) if cell.weight_decay else ()
+    return (*atoms, "float32-hparams", *wd)
 
 
 def framework_version() -> str:
@@ -108,17 +184,17 @@ def _np(t) -> np.ndarray:
 
 def _raw_graph(tf, spec: TrainSpec):
     """Variables for the canonical parameters, a forward pass, the written-out loss."""
-    x, y = tf.constant(spec.x), tf.constant(spec.y)
     params = {k: tf.Variable(v, name=k) for k, v in spec.params.items()}
 
-    def forward():
+    def forward(x):
         if spec.arch == "single":
             return tf.sigmoid(tf.matmul(x, params["W"]) + params["b"])
         h = tf.sigmoid(tf.matmul(x, params["W1"]) + params["b1"])
         return tf.sigmoid(tf.matmul(h, params["W2"]) + params["b2"])
 
-    def loss_of(p):
-        return -tf.reduce_sum(tf.math.log(y * p + (1 - y) * (1 - p)))
+    def loss_of(p, y):
+        loss = -tf.reduce_sum(tf.math.log(y * p + (1 - y) * (1 - p)))
+        return loss / y.shape[0] if spec.reduction == "mean" else loss
 
     return params, forward, loss_of
 
@@ -128,23 +204,41 @@ def loss_and_grad(spec: TrainSpec):
     import tensorflow as tf
 
     params, forward, loss_of = _raw_graph(tf, spec)
+    x, y = tf.constant(spec.x), tf.constant(spec.y)
     with tf.GradientTape() as tape:
-        loss = loss_of(forward())
+        loss = loss_of(forward(x), y)
     grads = tape.gradient(loss, list(params.values()))
     return float(loss), {k: _np(g) for k, g in zip(params, grads)}
 
 
-def _sgd_step(tf, variables, loss_fn, lr, mode: str):
-    """One full-batch step of hand-written gradient descent: a tf.function
-    (compiled) or plain Python over eager tensors (eager)."""
-    def step():
+def _textbook_steps(tf, variables: dict, loss_fn, rule, spec: TrainSpec, data) -> list[float]:
+    """Hand-written updates of ``variables`` (name -> variable) by the cell's
+    textbook rule, one per batch of ``data`` every epoch: one tf.function
+    (compiled; traced once per batch shape) or plain Python over eager
+    tensors (eager).  Returns the loss curve."""
+    def step(x, y, t, state):
         with tf.GradientTape() as tape:
-            loss = loss_fn()
-        for v, g in zip(variables, tape.gradient(loss, variables)):
-            v.assign_sub(lr * g)
-        return loss
+            loss = loss_fn(x, y)
+        grads = dict(zip(variables, tape.gradient(loss, list(variables.values()))))
+        new, state = keras_common.textbook_update(rule, t, state, variables, grads)
+        for name, v in variables.items():
+            v.assign(new[name])
+        return loss, state
 
-    return tf.function(step, jit_compile=False) if mode == "compiled" else step
+    if spec.mode == "compiled":
+        step = tf.function(step, jit_compile=False)
+    state = keras_common.zero_state(rule, variables, lambda v: tf.zeros(v.shape, v.dtype))
+    curve, t = [], 0
+    for _ in range(spec.epochs):
+        for x, y in data:
+            t += 1
+            loss, state = step(x, y, tf.constant(t, spec.dtype), state)
+            curve.append(float(loss))
+    return curve
+
+
+def _batches(tf, spec: TrainSpec):
+    return [(tf.constant(spec.x[rows]), tf.constant(spec.y[rows])) for rows in batches(spec.cell)]
 
 
 def train_raw(spec: TrainSpec) -> TrainResult:
@@ -153,15 +247,17 @@ def train_raw(spec: TrainSpec) -> TrainResult:
     if spec.mode == "graph":
         return _train_session(tf, spec)
     params, forward, loss_of = _raw_graph(tf, spec)
-    step = _sgd_step(tf, list(params.values()), lambda: loss_of(forward()), spec.lr, spec.mode)
+    rule = keras_common.textbook(spec, tf.sqrt)
     start = {k: _np(v) for k, v in params.items()}
-    curve = [float(step()) for _ in range(spec.epochs)]
-    p = forward()
+    curve = _textbook_steps(tf, params, lambda x, y: loss_of(forward(x), y), rule, spec,
+                            _batches(tf, spec))
+    x, y = tf.constant(spec.x), tf.constant(spec.y)
+    p = forward(x)
     final = {k: _np(v) for k, v in params.items()}
-    return _result(tf, spec, start, final, curve, float(loss_of(p)), _np(p))
+    return _result(tf, spec, start, final, curve, float(loss_of(p, y)), _np(p), rule.hp)
 
 
-def _result(tf, spec, start, final, curve, loss, probs) -> TrainResult:
+def _result(tf, spec, start, final, curve, loss, probs, hparams) -> TrainResult:
     if spec.mode == "graph":
         info = {"mode": "tf.compat.v1.Session"}
     elif spec.mode == "compiled" and not tf.config.functions_run_eagerly():
@@ -169,20 +265,52 @@ def _result(tf, spec, start, final, curve, loss, probs) -> TrainResult:
     else:
         info = {"mode": "eager"}
     return TrainResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
-                       probs=probs.reshape(-1), info=info)
+                       probs=probs.reshape(-1), info=info, hparams=hparams)
+
+
+# TF1's optimizer classes and their names for the harness's hyperparameters.
+TF1_CLASSES = {"sgd": "GradientDescentOptimizer", "momentum": "MomentumOptimizer",
+               "nesterov": "MomentumOptimizer", "adam": "AdamOptimizer",
+               "rmsprop": "RMSPropOptimizer"}
+TF1_NAMES = {"momentum": "momentum", "beta1": "beta1", "beta2": "beta2", "eps": "epsilon",
+             "rho": "decay"}
+
+
+def _tf1_optimizer(v1, spec: TrainSpec):
+    """The family's TF1 optimizer (``tf.compat.v1.train``), the cell's
+    hyperparameters passed as Python floats as the notebook does (with
+    --hparams defaults only the learning rate, and for MomentumOptimizer,
+    which has no default momentum, the harness's), and the hyperparameters
+    it holds, read back from it."""
+    hp = hyperparameters(spec.cell)
+    kwargs = {TF1_NAMES[k]: v for k, v in hp.items() if k in TF1_NAMES}
+    if spec.optimizer in ("momentum", "nesterov"):
+        kwargs.setdefault("momentum", HPARAM_DEFAULTS["momentum"])
+        kwargs["use_nesterov"] = spec.optimizer == "nesterov"
+    if spec.optimizer == "rmsprop":
+        kwargs["momentum"] = 0.0  # its own default: no momentum term
+    opt = getattr(v1.train, TF1_CLASSES[spec.optimizer])(hp["lr"], **kwargs)
+    held = {"lr": opt._lr if spec.optimizer == "adam" else opt._learning_rate}
+    for name in HYPERPARAMETERS[spec.optimizer]:
+        if name in TF1_NAMES:
+            held[name] = getattr(opt, "_" + TF1_NAMES[name])
+    # TF1 optimizers have no weight decay: L2 in the loss (_train_session).
+    held["weight_decay"] = hp.get("weight_decay", 0.0)
+    return opt, {k: float(v) for k, v in held.items()}
 
 
 def _train_session(tf, spec: TrainSpec) -> TrainResult:
     """The notebook's TensorFlow 1: a graph of placeholders and variables run
     in a ``tf.compat.v1.Session``.  Raw level: the written-out loss and
-    ``tf.gradients`` with ``assign_sub`` updates; optimizer level:
-    ``sigmoid_cross_entropy_with_logits`` summed and
-    ``tf.compat.v1.train.GradientDescentOptimizer(lr).minimize``."""
+    ``tf.gradients``, the textbook rule written out in graph ops (its state
+    in variables, the update count fed); optimizer level:
+    ``sigmoid_cross_entropy_with_logits`` summed (or averaged) and the
+    family's ``tf.compat.v1.train`` optimizer's ``minimize``."""
     v1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
-        x = v1.placeholder(spec.dtype, spec.x.shape)
-        y = v1.placeholder(spec.dtype, spec.y.shape)
+        x = v1.placeholder(spec.dtype, (None, spec.x.shape[1]))
+        y = v1.placeholder(spec.dtype, (None, 1))
         params = {k: v1.Variable(v, name=k) for k, v in spec.params.items()}
         if spec.arch == "single":
             z = tf.matmul(x, params["W"]) + params["b"]
@@ -190,25 +318,46 @@ def _train_session(tf, spec: TrainSpec) -> TrainResult:
             h = tf.sigmoid(tf.matmul(x, params["W1"]) + params["b1"])
             z = tf.matmul(h, params["W2"]) + params["b2"]
         p = tf.sigmoid(z)
+        t = v1.placeholder(spec.dtype, ())
         if spec.level == "raw":
             loss = -tf.reduce_sum(tf.math.log(y * p + (1 - y) * (1 - p)))
-            grads = tf.gradients(loss, list(params.values()))
-            # The loss and every gradient are read before any variable moves.
-            with tf.control_dependencies([loss, *grads]):
-                train = tf.group(*(v.assign_sub(spec.lr * g)
-                                   for v, g in zip(params.values(), grads)))
+            if spec.reduction == "mean":
+                loss = loss / tf.cast(tf.shape(x)[0], spec.dtype)
+            grads = dict(zip(params, tf.gradients(loss, list(params.values()))))
+            rule = keras_common.textbook(spec, tf.sqrt)
+            slots = keras_common.zero_state(rule, spec.params,
+                                            lambda a: v1.Variable(np.zeros_like(a)))
+            # The loss and every gradient are read before any variable moves;
+            # each variable's new value is computed from its own read.
+            with tf.control_dependencies([loss, *grads.values()]):
+                new, state = keras_common.textbook_update(
+                    rule, t, {k: tuple(s.read_value() for s in slots[k]) for k in slots},
+                    params, grads)
+                train = tf.group(*(params[k].assign(new[k]) for k in params),
+                                 *(s.assign(v) for k in slots for s, v in zip(slots[k], state[k])))
+            hp = rule.hp
         else:
-            loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z))
-            train = v1.train.GradientDescentOptimizer(spec.lr).minimize(loss)
+            terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
+            loss = tf.reduce_sum(terms) if spec.reduction == "sum" else tf.reduce_mean(terms)
+            opt, hp = _tf1_optimizer(v1, spec)
+            total = loss
+            if hp["weight_decay"]:
+                # TF1's idiom for weight decay: L2 in the loss, gradient wd * p.
+                total = loss + hp["weight_decay"] * tf.add_n(
+                    [tf.nn.l2_loss(v) for v in params.values()])
+            train = opt.minimize(total)
         init = v1.global_variables_initializer()
     config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
-    feed = {x: spec.x, y: spec.y}
     with v1.Session(graph=graph, config=config) as sess:
         sess.run(init)
         start = sess.run(params)
-        curve = [float(sess.run([loss, train], feed)[0]) for _ in range(spec.epochs)]
-        final, loss_final, probs = sess.run([params, loss, p], feed)
-    return _result(tf, spec, start, final, curve, float(loss_final), probs)
+        curve = []
+        for _ in range(spec.epochs):
+            for rows in batches(spec.cell):
+                feed = {x: spec.x[rows], y: spec.y[rows], t: len(curve) + 1}
+                curve.append(float(sess.run([loss, train], feed)[0]))
+        final, loss_final, probs = sess.run([params, loss, p], {x: spec.x, y: spec.y})
+    return _result(tf, spec, start, final, curve, float(loss_final), probs, hp)
 
 
 def full_batch(tf, spec: TrainSpec):
@@ -216,12 +365,12 @@ def full_batch(tf, spec: TrainSpec):
     return tf.data.Dataset.from_tensors((spec.x, spec.y)).repeat()
 
 
-def _hand_train(model, loss_fn, x, y, spec: TrainSpec) -> list[float]:
+def _hand_train(model, loss_fn, data, spec: TrainSpec, rule) -> list[float]:
     import tensorflow as tf
 
-    step = _sgd_step(tf, model.trainable_variables,
-                     lambda: loss_fn(y, model(x, training=True)), spec.lr, spec.mode)
-    return [float(step()) for _ in range(spec.epochs)]
+    variables = {str(i): v for i, v in enumerate(model.trainable_variables)}
+    return _textbook_steps(tf, variables, lambda x, y: loss_fn(y, model(x, training=True)),
+                           rule, spec, data)
 
 
 def _info(spec: TrainSpec) -> dict:
@@ -234,7 +383,11 @@ def _info(spec: TrainSpec) -> dict:
 
 def _fit_data(spec: TrainSpec) -> dict:
     import tensorflow as tf
-    return {"x": full_batch(tf, spec), "steps_per_epoch": 1}
+
+    if spec.batch_size is None:
+        return {"x": full_batch(tf, spec), "steps_per_epoch": 1}
+    data = tf.data.Dataset.from_tensor_slices((spec.x, spec.y)).batch(spec.batch_size)
+    return {"x": data.repeat(), "steps_per_epoch": updates_per_epoch(spec.cell)}
 
 
 # Keras on TensorFlow: compiled is a tf.function without XLA.

@@ -245,6 +245,20 @@ VARIANTS: dict[str, str] = {
                             "multiplied by 1 / rows rounded to float32 (a gradient scale the "
                             "kernel takes as a C float), instead of divided by rows; the loss "
                             "itself is still the exact mean",
+    "float32-beta-powers": "adam's bias-correction powers b1^t, b2^t kept as float32 running "
+                           "products (b^1 = float32(b), b^t = float32(b^(t-1) b)), lr_t = lr "
+                           "sqrt(1 - b2^t) / (1 - b1^t) computed from them in the parameters' "
+                           "dtype and not rounded, even with float32-hparams (TF1's "
+                           "AdamOptimizer: float32 beta-power variables, the ApplyAdam kernel "
+                           "computes lr_t)",
+    "float32-casts": "the momentum, the weight decay and the betas of adam's bias-correction "
+                     "powers b1^t, b2^t are rounded to float32; the learning rate, adam's "
+                     "(1 - b) factors, eps and rho stay exact (Keras 3 on TensorFlow: its "
+                     "optimizers pass those through ops.cast(python float, dtype), i.e. "
+                     "tf.cast, which makes a float32 tensor first)",
+    "float64-weight-decay": "with float32-hparams, the weight decay stays exact (L2 written "
+                            "into the loss in the parameters' dtype, not passed to the "
+                            "optimizer)",
 }
 
 
@@ -263,8 +277,12 @@ class _Rule:
         self.family, self.variant = family, frozenset(variant)
         self.exact = (lr, hp)  # as given, for float32-hparams' lr_t
         if "float32-hparams" in self.variant:
-            lr, hp = _f32(lr), {k: _f32(v) for k, v in hp.items()}
+            exact = ("weight_decay",) if "float64-weight-decay" in self.variant else ()
+            lr, hp = _f32(lr), {k: v if k in exact else _f32(v) for k, v in hp.items()}
+        if "float32-casts" in self.variant:
+            hp = {k: _f32(v) if k in ("momentum", "weight_decay") else v for k, v in hp.items()}
         self.lr, self.hp, self.t, self.state = lr, hp, 0, {}
+        self.powers: list[tuple[float, float]] = []  # float32-beta-powers, by t
 
     def step(self, name, p, g):
         lr, hp, family, var = self.lr, self.hp, self.family, self.variant
@@ -296,14 +314,23 @@ class _Rule:
             m = b1 * m + (1 - b1) * g
             s = b2 * s + (1 - b2) * g * g
             self.state[name] = (m, s)
+            if "float32-beta-powers" in var:
+                pow1, pow2 = self._f32_powers(b1, b2)
+            elif "float32-casts" in var:
+                pow1, pow2 = _f32(b1) ** self.t, _f32(b2) ** self.t
+            else:
+                pow1, pow2 = b1 ** self.t, b2 ** self.t
             if "eps-hat" in var:
-                lr_t = lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
-                if "float32-hparams" in var:
+                if "float32-hparams" in var and "float32-beta-powers" not in var:
+                    # lr_t from the unrounded hyperparameters, rounded as a whole
+                    # (MXNet's Adam.update computes it in Python).
                     lr0, hp0 = self.exact
-                    b1, b2 = hp0["beta1"], hp0["beta2"]
-                    lr_t = _f32(lr0 * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t))
+                    lr_t = _f32(lr0 * np.sqrt(1 - hp0["beta2"] ** self.t)
+                                / (1 - hp0["beta1"] ** self.t))
+                else:
+                    lr_t = lr * np.sqrt(1 - pow2) / (1 - pow1)
                 return p - lr_t * m / (np.sqrt(s) + eps)
-            return p - lr * (m / (1 - b1 ** self.t)) / (np.sqrt(s / (1 - b2 ** self.t)) + eps)
+            return p - lr * (m / (1 - pow1)) / (np.sqrt(s / (1 - pow2)) + eps)
         if family == "rmsprop":
             rho, eps = hp["rho"], hp["eps"]
             s = self.state.get(name, 1.0 if "ones-init" in var else 0.0)
@@ -313,6 +340,18 @@ class _Rule:
                 return p - lr * g / np.sqrt(s + eps)
             return p - lr * g / (np.sqrt(s) + eps)
         raise ValueError(f"no oracle rule {family!r}")
+
+    def _f32_powers(self, b1: float, b2: float) -> tuple[float, float]:
+        """b1^t and b2^t as float32 running products ("float32-beta-powers"):
+        a product of two float32 values is exact in float64, so rounding it
+        once is float32 multiplication."""
+        powers = self.powers
+        if not powers:
+            powers.append((_f32(b1), _f32(b2)))
+        while len(powers) < self.t:
+            q1, q2 = powers[-1]
+            powers.append((_f32(q1 * _f32(b1)), _f32(q2 * _f32(b2))))
+        return powers[self.t - 1]
 
 
 def _all_right(params, x, y):

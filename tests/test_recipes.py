@@ -86,14 +86,19 @@ def test_rmsprop_and_momentum_steps_by_hand():
 def test_every_variant_atom_changes_the_trajectory_it_names(atom):
     family = {"eps-hat": "adam", "eps-inside-sqrt": "rmsprop", "ones-init": "rmsprop",
               "nesterov-chainer": "nesterov", "nesterov-wd-updated-weight": "nesterov",
-              "float32-rescale-grad": "sgd"}.get(atom, "momentum")
+              "float32-rescale-grad": "sgd", "float32-beta-powers": "adam"}.get(atom, "momentum")
     # A mean over 3 rows: 1/3 is not a float32 number.
     batching = {"float32-rescale-grad": {"batch_size": 3, "reduction": "mean"}}.get(atom, {})
+    # Atoms that qualify another one are compared with and without it.
+    alongside = {"float64-weight-decay": ("float32-hparams",),
+                 "float32-beta-powers": ("eps-hat",)}.get(atom, ())
     hp = {"adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
           "rmsprop": {"rho": 0.9, "eps": 1e-8}, "sgd": {}}.get(family, {"momentum": 0.9})
     hp = {**hp, "weight_decay": 0.01}
-    base = oracle.solve([problem(family, hp, lr=0.1, epochs=20, **batching)])[0]
-    other = oracle.solve([problem(family, hp, lr=0.1, epochs=20, variant=(atom,), **batching)])[0]
+    base = oracle.solve([problem(family, hp, lr=0.1, epochs=20, variant=alongside,
+                                 **batching)])[0]
+    other = oracle.solve([problem(family, hp, lr=0.1, epochs=20, variant=(*alongside, atom),
+                                  **batching)])[0]
     dev = max(float(np.max(np.abs(base.params_final[k] - other.params_final[k])))
               for k in base.params_final)
     assert dev > 1e-9, (atom, dev)
