@@ -112,6 +112,9 @@ def test_an_unknown_atom_is_refused():
 # --------------------------------------------------- generated from declarations
 
 def cell(backend, level, family, **kw):
+    # lr 0.3 and weight decay 0.01 are not float32 numbers: a departure that
+    # rounds hyperparameters to float32 shows.
+    kw = {"lr": 0.3, "weight_decay": 0.01, **kw}
     return make_cell(backend, level, "single", "or", epochs=60, optimizer=family, **kw)
 
 
@@ -134,10 +137,16 @@ def test_optimizer_level_agrees_or_is_explained_by_its_named_variant(backend, fa
     atoms = registry.departures(c)
     if known:
         pytest.xfail(f"known departure: {known}")
-    if atoms:
-        # The textbook does not reproduce the framework, and its named variant does.
-        assert rec.agrees is False and rec.explained_by == "+".join(atoms), (
-            rec.oracle_dev, rec.explained_by, atoms)
+    if atoms and rec.agrees is False:
+        # The textbook does not reproduce the framework; its named variant does.
+        assert rec.explained_by == "+".join(atoms), (rec.oracle_dev, rec.explained_by, atoms)
+    elif atoms:
+        # Where the named atoms make no difference beyond round-off at these
+        # values (decoupled weight decay under plain SGD), the variant must
+        # reproduce the cell too; the backends' own tests pin each atom at
+        # values where only the variant does.
+        variant = oracle.solve([oracle.Problem.of(rec, atoms)])[0]
+        assert oracle.verdict(rec, variant)["agrees"], atoms
     else:
         assert rec.agrees is True, (rec.oracle_dev, rec.departed)
 

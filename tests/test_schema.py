@@ -77,6 +77,15 @@ def test_schema1_folder_loads_upgraded():
     assert all(r.departed == [] for r in recs if r.agrees)
 
 
+def explained(fields, fresh):
+    """The fields to compare with a fresh record: all but learned_epoch for
+    a cell schema 4's oracle explains by a variant (MXNet's lr 0.1 held in
+    float32, here): it departs as before (agrees false, same oracle_dev),
+    and its learned_epoch now comes from the variant that reproduces it,
+    where the schema-1 verdict had none."""
+    return [f for f in fields if not (f == "learned_epoch" and fresh.explained_by)]
+
+
 def test_same_numbers_as_the_schema1_run(rerun):
     _, old = load_run(OLD)
     man, new = load_run(rerun)
@@ -89,7 +98,7 @@ def test_same_numbers_as_the_schema1_run(rerun):
         if not availability(cell.backend).ok:
             continue  # recorded where the framework was installed, skipped here
         b = new[cell]
-        for field in COMPARED:
+        for field in explained(COMPARED, b):
             assert getattr(a, field) == getattr(b, field), (cell, field)
         compared += 1
     # numpy, the reference, is always there; with every framework, all 108 ok cells.
@@ -126,7 +135,7 @@ def test_schema1_folder_resumes(tmp_path, rerun):
     _, fresh = load_run(rerun)
     fresh = {r.cell: r for r in fresh}
     for r in recs:
-        for field in COMPARED:
+        for field in explained(COMPARED, fresh[r.cell]):
             assert getattr(r, field) == getattr(fresh[r.cell], field), (r.cell, field)
 
 
