@@ -58,7 +58,9 @@ A verdict (``judge``) compares a record with its trajectory:
   starts at or past the horizon agrees (or is explained) up to it:
   ``horizon`` records the update, ``learned_epoch`` is None (the end state
   is not the oracle's to vouch for).  A departure before the horizon is a
-  departure.
+  departure.  float64 only: the float32 bounds are measured round-off,
+  amplification included (``harness.compare``), so a float32 cell is judged
+  to its end.
 * ``unjudged``: a float32 cell with more updates than the tolerance table
   has measured is not judged (no tolerance is guessed): its oracle_dev is
   recorded, ``agrees`` is None and ``unjudged`` says why.
@@ -552,6 +554,10 @@ def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
     def within_horizon(t: Trajectory, first, departed, problem_atoms) -> tuple[bool, int | None]:
         if not departed:
             return True, None
+        if record.dtype != "float64":
+            # float32 bounds are measured round-off (compare.py), amplification
+            # included: no horizon is needed, and none is granted.
+            return False, None
         h = horizon(Problem.of(record, problem_atoms), t, curve_tol, record.dtype)
         return (h is not None and (first is None or first >= h)), h
 

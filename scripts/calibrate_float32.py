@@ -5,11 +5,7 @@ float64 trajectory from the cell's own float32 start (harness.oracle):
 final parameters with ``relative_deviation``, the loss curve (and final
 loss) with ``curve_deviation``.  Prints the worst of each per backend, level
 and arch, then per optimizer family and number of updates with the bound
-it would need at the margin, next to the table's.  Cells whose oracle
-trajectory has a horizon (harness.oracle.horizon, probed with the bound in
-the table now, or sgd's for a family without one) are counted apart: past
-it the deviation is amplified round-off, which no bound describes.  The
-table's measurement:
+it would need at the margin, next to the table's.  The table's measurement:
 
     harness run --dtype float32 --seeds 0-4 --out /tmp/f32
     harness run --dtype float32 --seeds 0-4 --epochs 10000 --backends numpy,torch \\
@@ -48,16 +44,9 @@ def main() -> int:
         return 1
     by_group: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     by_steps: dict[tuple, list] = defaultdict(lambda: [0, 0.0, "", 0.0, ""])
-    horizons: dict[tuple, int] = defaultdict(int)
     for rec, traj in zip(records, oracle.solve([oracle.Problem.of(r) for r in records])):
         steps = len(rec.loss_curve)
         family = rec.optimizer if rec.level in GRADIENT_LEVELS else rec.level
-        table = FLOAT32_FAMILY_TOLERANCES.get(family, FLOAT32_TOLERANCES)
-        probe_row = next((r for r in table if steps <= r[0]), table[-1])
-        if rec.level in GRADIENT_LEVELS and oracle.horizon(
-                oracle.Problem.of(rec), traj, probe_row[2], "float32") is not None:
-            horizons[(family, steps)] += 1
-            continue
         params = relative_deviation(rec.params_final, traj.params_final)
         curve = curve_deviation([*rec.loss_curve, rec.loss_final],
                                 [*traj.loss_curve, traj.loss_final])
@@ -83,8 +72,8 @@ def main() -> int:
                                              if family.startswith("perceptron") else ())
         row = next((r for r in rows if steps <= r[0]), None)
         table = f"{row[1]:.0e} / {row[2]:.0e}" if row else "none"
-        print(f"{family} {steps} updates, {n} cells (+{horizons[(family, steps)]} with a "
-              f"horizon, left out): params {params:.1e} ({p_name}), loss curve {curve:.1e} "
+        print(f"{family} {steps} updates, {n} cells: params {params:.1e} ({p_name}), "
+              f"loss curve {curve:.1e} "
               f"({c_name})\n    bound {_ceil_125(params * args.margin):.0e} / "
               f"{_ceil_125(curve * args.margin):.0e}; table now {table}")
     return 0

@@ -1,7 +1,8 @@
 """Cross-backend agreement beyond the contract suite's seed 0.
 
 * float64, seeds 1 and 2 and ``--init zeros``: every backend x gradient level
-  x arch agrees with the numpy reference to the float64 tolerance.  Single
+  x arch agrees with the numpy reference to the float64 tolerance (the
+  multi-layer cells at one level per variant, in turn).  Single
   layer cells (100 steps) run every gate; multi-layer cells (1000 steps,
   ~0.2-2.7 s each outside numpy) run a subset: the gates a hidden layer is
   for, xor and xnor, and from zeros nand and not (not: a stationary start).
@@ -63,7 +64,14 @@ def assert_matches_reference(rec, ref):
 def test_float64_agrees_with_reference(backend, variant):
     require(backend)
     seed, init, multi_gates = VARIANTS[variant]
+    levels = [lv for lv in GRADIENT_LEVELS if lv in registry.backend(backend).levels]
+    # Multi-layer cells (1000 updates) at one level per variant, in turn, so
+    # that the three variants cover three levels and the suite stays fast;
+    # every level's multi-layer cells run in the contract suite at seed 0.
+    multi_level = levels[list(VARIANTS).index(variant) % len(levels)]
     for level, arch in supported(backend, GRADIENT_LEVELS):
+        if arch == "multi" and level != multi_level:
+            continue
         for gate in GATES if arch == "single" else multi_gates:
             ref = cached_run(make_cell("numpy", "raw", arch, gate, seed=seed, init=init))
             rec = cached_run(make_cell(backend, level, arch, gate, seed=seed, init=init))
@@ -83,7 +91,10 @@ def test_float32_within_table(backend):
     # cell's float32 start) within FLOAT32_TOLERANCES.
     require(backend)
     for level, arch in applicable(backend):
-        cases = [("xor", 3)] + ([("xor", 0)] if arch == "multi" else [("and", 0)])
+        # Multi-layer: the cell whose curve strays furthest in float32 (the
+        # plateau's sharp drop, compare.py) at seed 3; seed 0 runs in the
+        # contract suite.
+        cases = [("xor", 3)] + ([] if arch == "multi" else [("and", 0)])
         for gate, seed in cases:
             cell = make_cell(backend, level, arch, gate, seed=seed, dtype="float32")
             rec = cached_run(cell)
