@@ -497,7 +497,7 @@ def perturbed(problem: Problem, dtype: str) -> Problem:
 
 
 def horizon(problem: Problem, traj: Trajectory, curve_tol: float,
-            dtype: str = "float64") -> int | None:
+            dtype: str = "float64", params_tol: float | None = None) -> int | None:
     """The first loss-curve index where the oracle's own trajectory, with an
     error of JITTER_ULPS ulps in every parameter after every update (``perturbed``), leaves the band around
     it: past it, round-off is amplified
@@ -505,8 +505,14 @@ def horizon(problem: Problem, traj: Trajectory, curve_tol: float,
     across, chaotic dynamics), so no implementation can be judged there.
     None when the trajectory is well-conditioned to its end."""
     other = solve([perturbed(problem, dtype)])[0]
-    return first_departure([*other.loss_curve, other.loss_final],
-                           [*traj.loss_curve, traj.loss_final], curve_tol)
+    first = first_departure([*other.loss_curve, other.loss_final],
+                            [*traj.loss_curve, traj.loss_final], curve_tol)
+    if first is None and params_tol is not None and not (
+            relative_deviation(other.params_final, traj.params_final) <= params_tol):
+        # The curve holds, but the end state is amplified past its band: the
+        # horizon is the final state (index ``updates``).
+        return len(traj.loss_curve)
+    return first
 
 
 def first_departure(curve, oracle_curve, tol: float) -> int | None:
@@ -558,7 +564,7 @@ def verdict(record, traj: Trajectory, variant: Trajectory | None = None,
             # float32 bounds are measured round-off (compare.py), amplification
             # included: no horizon is needed, and none is granted.
             return False, None
-        h = horizon(Problem.of(record, problem_atoms), t, curve_tol, record.dtype)
+        h = horizon(Problem.of(record, problem_atoms), t, curve_tol, record.dtype, tol)
         return (h is not None and (first is None or first >= h)), h
 
     dev, first, departed = _bands(record, traj, tol, curve_tol)

@@ -246,6 +246,15 @@ def verdict_summary(records: list[Record]) -> str:
     if agree:
         lines.append("levels agree within each backend: " + ", ".join(
             f"{b} {a}/{n} cells" for b, (a, n) in agree.items()))
+        explained: dict[tuple[str, str, str], int] = {}
+        for m in mismatches:
+            if m.explained_by:
+                key = (m.backend, m.levels[1], m.explained_by)
+                explained[key] = explained.get(key, 0) + 1
+        if explained:
+            lines.append("levels that differ where the optimizer object departs from the "
+                         "hand-written textbook rule (explained, not findings): " + ", ".join(
+                             f"{b} {lv} {n} cells ({v})" for (b, lv, v), n in explained.items()))
     conv = analysis.convergence(records)
     if len({r.seed for r in records}) > 1:
         header, rows = oracle_convergence_rows(conv)
