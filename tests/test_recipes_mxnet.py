@@ -98,8 +98,14 @@ def test_rmsprop_eps_inside_the_root_and_no_float64():
     assert rec.status == "unsupported" and "float32" in rec.message
     assert cached_run(cell("raw", "rmsprop")).status == "ok"
     # float32: an eps large enough to tell inside from outside the root.
+    # RMSprop has no float32 tolerance (harness/compare.py: its float32
+    # trajectories amplify round-off to O(1) at lr 0.5), so the cell is
+    # unjudged; the atom is pinned on the trajectories directly: measured
+    # 1e-7 from the variant, 5e-2 from the textbook on this cell.
     rec = run("optimizer", "rmsprop", dtype="float32", lr=0.125, eps=0.01)
-    assert_explained(rec, ["eps-inside-sqrt"], ["eps-inside-sqrt"])
+    assert rec.agrees is None and "no float32 tolerance" in rec.unjudged
+    assert registry.departures(rec.cell) == ("eps-inside-sqrt",)
+    assert variant_dev(rec, ["eps-inside-sqrt"]) < 1e-6 < 1e-3 < variant_dev(rec, [])
 
 
 def test_compiled_mode_runs_the_recipes():
