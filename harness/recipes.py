@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from harness.tasks import HYPERPARAMETERS, Cell, hyperparameters
+from harness.tasks import HPARAM_DEFAULTS, HYPERPARAMETERS, Cell, hyperparameters
 
 
 class Textbook:
@@ -93,13 +93,7 @@ def in_effect(cell: Cell, framework_defaults: Callable[[str], dict[str, float]] 
     harness's when the framework has no such object)."""
     hp = hyperparameters(cell)
     if cell.hparams == "defaults":
-        from harness.tasks import HPARAM_DEFAULTS
         got = framework_defaults(cell.optimizer) if framework_defaults else {}
         for name in HYPERPARAMETERS[cell.optimizer]:
             hp[name] = float(got.get(name, HPARAM_DEFAULTS[name]))
     return hp
-
-
-def loss_scale(cell: Cell, rows: int) -> float:
-    """What a batch's summed loss is multiplied by: 1, or 1 / rows for mean."""
-    return 1.0 if cell.reduction == "sum" else 1.0 / rows

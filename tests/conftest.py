@@ -111,3 +111,16 @@ def cached_run(cell: Cell):
     if cell.backend in registry.BACKENDS and registry.backend(cell.backend).env:
         return run_in_worker(cell)
     return run_cell(cell, availability(cell.backend).version)
+
+
+def run_recipe(backend, level, family, arch="single", gate="and", **kw):
+    """One recipe cell of ``backend``, cached: 60 updates at lr 0.125; RMSprop
+    with eps 1e-2 unless given (with eps 1e-8, g / sqrt(s) is sign-like near a
+    stationary point and amplifies round-off past the float64 tolerance, the
+    numpy reference's too: harness.oracle's horizon)."""
+    require(backend)
+    kw.setdefault("epochs", 60)
+    kw.setdefault("lr", 0.125)
+    if family == "rmsprop" and kw.get("hparams") != "defaults":
+        kw.setdefault("eps", 1e-2)
+    return cached_run(make_cell(backend, level, arch, gate, optimizer=family, **kw))

@@ -5,7 +5,7 @@ dampened momentum translated; the hyperparameters each record reads back
 are the ones in effect."""
 import pytest
 
-from conftest import cached_run, make_cell, require
+from conftest import run_recipe
 
 FAMILIES = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 EXPLICIT = {"momentum": 0.875, "beta1": 0.875, "beta2": 0.9990234375,
@@ -20,16 +20,7 @@ AUTOGRAD_DEFAULTS = {"sgd": {}, "momentum": {"momentum": 0.9},
 
 
 def run(level, family, arch="single", gate="and", **kw):
-    require("autograd")
-    kw.setdefault("epochs", 60)
-    kw.setdefault("lr", 0.125)
-    if family == "rmsprop" and kw.get("hparams") != "defaults":
-        # eps 1e-8 makes g / sqrt(s) sign-like near a stationary point, where
-        # it amplifies round-off past the float64 tolerance (the numpy
-        # reference too: 60 updates, weight decay 0.01, eps 1e-8, lr 0.125 move 2e-7 when the start moves by one ulp): 1e-2 keeps
-        # the trajectory well-conditioned.
-        kw.setdefault("eps", 1e-2)
-    return cached_run(make_cell("autograd", level, arch, gate, optimizer=family, **kw))
+    return run_recipe("autograd", level, family, arch, gate, **kw)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

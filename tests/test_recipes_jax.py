@@ -5,7 +5,7 @@ reads back are the ones in effect.  JAX cells run in the backend's own
 worker (``cached_run``): it sets JAX_ENABLE_X64 before importing JAX."""
 import pytest
 
-from conftest import cached_run, make_cell, require
+from conftest import run_recipe
 
 FAMILIES = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
 # float32-exact values, each unlike the harness's defaults.
@@ -23,16 +23,7 @@ OPTAX_DEFAULTS = {"sgd": {}, "momentum": {"momentum": 0.0}, "nesterov": {"moment
 
 
 def run(level, family, arch="single", gate="and", **kw):
-    require("jax")
-    kw.setdefault("epochs", 60)
-    kw.setdefault("lr", 0.125)
-    if family == "rmsprop" and kw.get("hparams") != "defaults":
-        # eps 1e-8 makes g / sqrt(s) sign-like near a stationary point, where
-        # it amplifies round-off past the float64 tolerance (the numpy
-        # reference too: 60 updates, weight decay 0.01, eps 1e-8, lr 0.125 move 2e-7 when the start moves by one ulp): 1e-2 keeps
-        # the trajectory well-conditioned.
-        kw.setdefault("eps", 1e-2)
-    return cached_run(make_cell("jax", level, arch, gate, optimizer=family, **kw))
+    return run_recipe("jax", level, family, arch, gate, **kw)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
