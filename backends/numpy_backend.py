@@ -26,7 +26,7 @@ import functools
 import numpy as np
 
 from harness.recipes import Textbook, in_effect
-from harness.tasks import TrainResult, TrainSpec, batches
+from harness.tasks import BatchResult, BatchSpec, TrainResult, TrainSpec, batches, updates
 
 NAME = "numpy"
 IMPORTS = ("numpy",)
@@ -321,6 +321,62 @@ def _train_perceptron(spec: TrainSpec, online: bool) -> TrainResult:
                        loss_final=float(np.sum(out != y)), probs=out.reshape(-1))
 
 
+# ---------------------------------------------------- raw level, batched
+
+def _forward_seeds(params, x):
+    """``forward`` with a leading seed axis on every parameter: x (R, n) @
+    W (S, n, k) is one matmul per seed, the same as per seed, bit for bit
+    (numpy's matmul loops over the leading axis; einsum would not)."""
+    if "W" in params:
+        return sigmoid(x @ params["W"] + params["b"][:, None, :]), None
+    h = sigmoid(x @ params["W1"] + params["b1"][:, None, :])
+    return sigmoid(h @ params["W2"] + params["b2"][:, None, :]), h
+
+
+def _backprop_seeds(params, x, y, p, h):
+    dz = p - y
+    if h is None:
+        return {"W": x.T @ dz, "b": dz.sum(axis=1)}
+    dh = dz @ np.swapaxes(params["W2"], 1, 2)
+    dz1 = dh * h * (1 - h)
+    return {"W1": x.T @ dz1, "b1": dz1.sum(axis=1), "W2": np.swapaxes(h, 1, 2) @ dz,
+            "b2": dz.sum(axis=1)}
+
+
+def _loss_seeds(p, y):
+    return -np.sum(np.log(y * p + (1 - y) * (1 - p)), axis=(1, 2))
+
+
+def train_raw_batch(spec: BatchSpec) -> BatchResult:
+    """``train_raw`` for S seeds at once; each seed's record is bit-identical
+    to its own cell's (tests/test_batch.py)."""
+    params = {k: v.copy() for k, v in spec.params.items()}
+    start = {k: v.copy() for k, v in spec.params.items()}
+    hp = in_effect(spec.cell)
+    rule = Textbook(spec.cell, hp, np.sqrt)
+    curve = np.empty((spec.seeds, updates(spec.cell)))
+    u = 0
+    for _ in range(spec.epochs):
+        for rows in batches(spec.cell):
+            x, y = spec.x[rows], spec.y[rows]
+            p, h = _forward_seeds(params, x)
+            n = _mean(spec, len(y))
+            loss = _loss_seeds(p, y)
+            curve[:, u] = loss if n is None else loss / n
+            grads = _backprop_seeds(params, x, y, p, h)
+            rule.tick()
+            for name in params:
+                g = grads[name] if n is None else grads[name] / n
+                params[name] = rule.step(name, params[name], g)
+            u += 1
+    p, _ = _forward_seeds(params, spec.x)
+    n = _mean(spec, len(spec.y))
+    loss = _loss_seeds(p, spec.y)
+    return BatchResult(params_start=start, params_final=params, loss_curve=curve,
+                       loss_final=loss if n is None else loss / n,
+                       probs=p.reshape(spec.seeds, -1), hparams=hp)
+
+
 # ------------------------------------------------------------------ contract
 
 def loss_and_grad(spec: TrainSpec):
@@ -337,3 +393,4 @@ TRAINERS = {
     "perceptron": functools.partial(_train_perceptron, online=True),
     "perceptron-batch": functools.partial(_train_perceptron, online=False),
 }
+BATCHED = {"raw": train_raw_batch}

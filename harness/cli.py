@@ -72,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     for _, axis in AXES:  # one flag per matrix axis, declared on Cell
         choices = f" ({','.join(axis.valid())})" if axis.kind == "choices" else ""
         run.add_argument(axis.flag, dest=axis.key, help=axis.help + choices)
-    for key, (_, text) in RUN_OPTIONS.items():
-        run.add_argument("--" + key.replace("_", "-"), dest=key, help=text)
+    for key, (default, text) in RUN_OPTIONS.items():
+        if isinstance(default, bool):  # a switch: given means true
+            run.add_argument("--" + key.replace("_", "-"), dest=key, help=text,
+                             action="store_const", const=True)
+        else:
+            run.add_argument("--" + key.replace("_", "-"), dest=key, help=text)
     run.add_argument("--no-report", dest="no_report", action="store_true",
                      help="do not write report.html / report.md at the end")
     run.add_argument("--jobs", help="cells run at once, each in a worker process (default: "
@@ -236,6 +240,9 @@ def _run_locked(args, cfg, run_dir: Path, resume, jobs: int, lock) -> int:
                 "nothing was recorded") from None
         print(summary_table(outcome.records))
         print(f"results: {run_dir}/results.jsonl, results.csv, manifest.json")
+        if outcome.batching is not None:
+            from harness.runner import batching_note
+            print(batching_note(outcome.batching))
         if outcome.interrupted or outcome.lost:
             why = (f"stopped: {outcome.lost}" if outcome.lost else
                    f"interrupted by {signal.Signals(outcome.interrupted).name}")

@@ -34,6 +34,10 @@ RUN_OPTIONS: dict[str, tuple[Any, str]] = {
                       "(default: none)"),
     "repeat": (1, "run every cell this many times and flag any cell whose results are not "
                   "bit-identical (default 1)"),
+    "batch_seeds": (False, "train the seeds of each family of cells (every other axis equal) as "
+                           "one batched computation where the backend has a batched form of "
+                           "the level; the rest run per seed, and the run says which (default: "
+                           "per seed, the canonical records)"),
     "executor": ("local", "where cells run: local (worker processes on this machine, the "
                           "default) or dask (a Dask cluster; needs the dask extra)"),
     "scheduler": (None, "with --executor dask: address of a running Dask scheduler, e.g. "
@@ -235,6 +239,9 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     cfg["timeout"] = (None if raw["timeout"] is None
                       else _number("timeout", raw["timeout"], minimum=0, strict_min=True))
     cfg["repeat"] = _number("repeat", raw["repeat"], int, 1)
+    if not isinstance(raw["batch_seeds"], bool):
+        raise ConfigError(f"Invalid batch_seeds {raw['batch_seeds']!r}. Expected true or false.")
+    cfg["batch_seeds"] = raw["batch_seeds"]
     cfg.update(executor_settings(raw["executor"], raw["scheduler"]))
     runs = cfg["repeat"]
     for _, axis in AXES:

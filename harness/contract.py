@@ -57,6 +57,12 @@ Optional
                            cell against that variant when it departs from
                            the textbook, so each named departure is tested
                            on every cell it applies to.
+  ``BATCHED``              {level: batched trainer}: levels it can train
+                           for many seeds at once (``harness run
+                           --batch-seeds``), ``trainer(spec: BatchSpec) ->
+                           BatchResult``, parameters with a leading seed
+                           axis, in every mode the level has.  A level not
+                           named runs per seed.
   ``known_departure(cell)`` -> str | None: why a cell leaves the reference
                            through a framework behaviour no adapter can
                            change without rewriting the framework's own
@@ -79,13 +85,14 @@ from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Mapping
 
 from harness.tasks import (ARCHS, DTYPES, LEVELS, MODES, OPTIMIZERS, PERCEPTRON_LEVELS,
-                           TrainResult, TrainSpec)
+                           BatchResult, BatchSpec, TrainResult, TrainSpec)
 
 REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
-OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "OPTIMIZER_GAPS", "loss_and_grad",
+OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "OPTIMIZER_GAPS", "BATCHED",
+            "loss_and_grad",
             "known_departure", "departures", "optimizer_defaults")
 CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS", "MODES", "MODE_GAPS",
-             "ENV", "OPTIMIZER_GAPS")
+             "ENV", "OPTIMIZER_GAPS", "BATCHED")
 # Levels that use the framework's own optimizer object.
 OPTIMIZER_LEVELS = ("optimizer", "custom")
 
@@ -115,6 +122,8 @@ class Backend:
     optimizer_gaps: Mapping[str, str] = dataclasses.field(default_factory=dict)
     departures: Callable[[Any], tuple[str, ...]] | None = None
     optimizer_defaults: Callable[[str], dict[str, float]] | None = None
+    batched: Mapping[str, Callable[[BatchSpec], BatchResult]] = dataclasses.field(
+        default_factory=dict)
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -147,6 +156,19 @@ class Backend:
             gaps = self.optimizer_gaps
             return gaps.get(cell.optimizer) or gaps.get((cell.optimizer, cell.dtype))
         return None
+
+    def batch_gap(self, cell) -> str | None:
+        """Why the cell's seeds cannot train as one batch, or None."""
+        if cell.level not in self.batched:
+            return f"{self.name} has no batched form of level {cell.level!r}"
+        return None
+
+    def train_batch(self, spec: BatchSpec) -> BatchResult:
+        result = self.batched[spec.level](spec)
+        if not isinstance(result, BatchResult):
+            raise TypeError(f"the {self.name} batched trainer of level {spec.level!r} returned "
+                            f"{type(result).__name__}, not a BatchResult")
+        return result
 
     def train(self, spec: TrainSpec) -> TrainResult:
         result = self.trainers[spec.level](spec)
@@ -271,6 +293,14 @@ def check(name: str, mod: ModuleType) -> Backend:
             for f, r in opt_gaps.items()):
         raise broken("OPTIMIZER_GAPS must be a dict from optimizer family "
                      f"({', '.join(OPTIMIZERS)}), or (family, dtype), to a reason")
+    batched = getattr(mod, "BATCHED", {})
+    if not isinstance(batched, dict):
+        raise broken("BATCHED must be a dict from level to batched trainer")
+    for level, trainer in batched.items():
+        if level not in trainers:
+            raise broken(f"BATCHED names level {level!r}, which it does not train")
+        if not callable(trainer):
+            raise broken(f"the batched trainer of level {level!r} is not callable")
     for member in ("framework_version", "loss_and_grad", "known_departure", "departures",
                    "optimizer_defaults"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):
@@ -290,4 +320,5 @@ def check(name: str, mod: ModuleType) -> Backend:
         known_departure=getattr(mod, "known_departure", None),
         optimizer_gaps=MappingProxyType(dict(opt_gaps)),
         departures=getattr(mod, "departures", None),
-        optimizer_defaults=getattr(mod, "optimizer_defaults", None))
+        optimizer_defaults=getattr(mod, "optimizer_defaults", None),
+        batched=MappingProxyType(dict(batched)))

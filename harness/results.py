@@ -37,6 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.records import (RECORD_FIELDS, SCHEMA_VERSION, Record, Status,  # noqa: F401
                              _short, check, upgrade)
 from harness.registry import cell_order
@@ -51,6 +53,8 @@ def strict(value):
         return {k: strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [strict(v) for v in value]
+    if isinstance(value, np.ndarray):  # a batch's loss curves (child.unpack_records)
+        return strict(value.tolist())
     return value
 
 

@@ -28,7 +28,7 @@ from harness.records import RECORD_FIELDS, Record, Status
 from harness.resume import Resume
 from harness.results import (RecordWriter, RunFolderError, dumps, manifest, write_manifest,
                              write_tables)
-from harness.tasks import AXES, Cell
+from harness.tasks import AXES, Cell, family_key
 
 
 def expand(config: dict[str, Any]) -> list[Cell]:
@@ -49,6 +49,8 @@ class RunOutcome:
     # The signal that ended the run early (SIGINT, SIGTERM), or 0.
     interrupted: int = 0
     lost: str | None = None  # why the run stopped short, when not by a signal
+    # --batch-seeds: what was batched, and why the rest ran per seed.
+    batching: dict[str, Any] | None = None
 
     @property
     def errors(self) -> int:
@@ -109,6 +111,8 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
                   "probe_seconds": round(probe_seconds, 3),
                   "cells_recorded": len(outcome.records) - len(done),
                   "backends": {b: t.to_dict() for b, t in pool.timing.items()}}
+        if outcome.batching is not None:
+            timing["batching"] = outcome.batching
         if resume:
             resume.note(argv, timing, pool.info)
         else:
@@ -167,6 +171,8 @@ def _run(config, cells: list[Cell], todo: list[Cell], avail, pool,
                 emit(gap)
             else:
                 tasks += [engine.Task(cell, r) for r in range(repeat)]
+        if config.get("batch_seeds"):
+            tasks, outcome.batching = batch_seeds(tasks, config["executor"])
         pool.run(sorted(tasks, key=lambda t: registry.cell_order(t.cell)), on_result)
     except KeyboardInterrupt as exc:
         outcome.interrupted = getattr(exc, "signum", signal.SIGINT)
@@ -174,6 +180,47 @@ def _run(config, cells: list[Cell], todo: list[Cell], avail, pool,
         outcome.lost = str(exc)
     finally:
         writer.close()
+
+
+def batch_seeds(tasks: list[engine.Task], executor: str
+                ) -> tuple[list[engine.Task], dict[str, Any]]:
+    """--batch-seeds: the tasks of each family of cells that differ only in
+    their seed, as one batch task where the backend has a batched form of
+    the level (``BATCHED``, harness.contract); the others stay per seed.
+    Returns the tasks and what was batched and why the rest was not:
+    {"batches", "batched_cells", "per_seed": {"backend level": reason}}."""
+    per_seed: dict[str, str] = {}
+    groups: dict[tuple, list[engine.Task]] = {}
+    out = []
+    for task in tasks:
+        cell = task.cell
+        why = ("the dask executor runs cells one at a time" if executor != "local"
+               else registry.backend(cell.backend).batch_gap(cell))
+        if why:
+            per_seed.setdefault(f"{cell.backend} {cell.level}", why)
+            out.append(task)
+        else:
+            groups.setdefault((family_key(cell), task.repeat), []).append(task)
+    batches = 0
+    for (_, repeat), group in groups.items():
+        if len(group) == 1:
+            out.extend(group)
+            continue
+        cells = tuple(sorted((t.cell for t in group), key=lambda c: c.seed))
+        out.append(engine.Task(cells[0], repeat, cells))
+        batches += 1
+    batched = sum(len(t.batch) for t in out)
+    return out, {"batches": batches, "batched_cells": batched, "per_seed": per_seed}
+
+
+def batching_note(batching: dict[str, Any]) -> str:
+    """One line for the run's header: what --batch-seeds batched, and what not."""
+    text = (f"--batch-seeds: {batching['batched_cells']} cells in {batching['batches']} "
+            "batch(es)")
+    if batching["per_seed"]:
+        text += "; per seed: " + "; ".join(f"{k} ({why})"
+                                           for k, why in batching["per_seed"].items())
+    return text
 
 
 def _compare_repeats(runs: dict[int, Record]) -> Record:

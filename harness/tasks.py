@@ -356,3 +356,68 @@ class TrainResult:
     # perceptron levels.  ``harness.recipes.in_effect`` for the hand-written
     # levels.
     hparams: dict[str, float] | None = None
+
+
+# ------------------------------------------------------------ seed batches
+# ``harness run --batch-seeds``: the cells of one family (every axis but the
+# seed) trained in one batched computation, parameters with a leading seed
+# axis.  The per-seed cell stays the canonical record; a batched one is
+# judged like any other and says it was batched (``info["batched"]``).
+
+def family_key(cell: Cell) -> Cell:
+    """The cell with its seed blanked: cells with equal keys batch together."""
+    return dataclasses.replace(cell, seed=-1)
+
+
+@reads_cell_fields
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a batched trainer receives: S cells that differ only in their
+    seed (``spec.lr`` etc. read the first, which all share), the truth table,
+    and each canonical parameter stacked over seeds, shape (S, *shape)."""
+
+    cells: tuple[Cell, ...]
+    x: np.ndarray
+    y: np.ndarray
+    params: dict[str, np.ndarray]
+
+    @property
+    def cell(self) -> Cell:
+        return self.cells[0]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.cells)
+
+    @classmethod
+    def from_cells(cls, cells) -> "BatchSpec":
+        cells = tuple(cells)
+        if len({family_key(c) for c in cells}) != 1:
+            raise ValueError("a seed batch's cells must differ in their seed only")
+        x, y = truth_table(cells[0].gate, cells[0].dtype)
+        each = [init_params(c) for c in cells]
+        return cls(cells, x, y, {k: np.stack([p[k] for p in each]) for k in each[0]})
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batched trainer returns: TrainResult's fields stacked over the
+    batch's seeds (leading axis S, canonical layout): ``loss_curve`` (S,
+    updates), ``loss_final`` (S,), ``probs`` (S, rows).  ``hparams`` and
+    ``info`` are shared by every seed."""
+
+    params_start: dict[str, np.ndarray]
+    params_final: dict[str, np.ndarray]
+    loss_curve: np.ndarray
+    loss_final: np.ndarray
+    probs: np.ndarray
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hparams: dict[str, float] | None = None
+
+    def split(self) -> list[TrainResult]:
+        curve = np.asarray(self.loss_curve)
+        return [TrainResult({k: v[i] for k, v in self.params_start.items()},
+                            {k: v[i] for k, v in self.params_final.items()},
+                            curve[i], float(self.loss_final[i]), np.asarray(self.probs)[i],
+                            dict(self.info), self.hparams)
+                for i in range(curve.shape[0])]

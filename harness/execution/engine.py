@@ -29,6 +29,7 @@ run and frameworks are probed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.execution.child import unpack_records
 from harness.records import Record, Status
 from harness.registry import Availability
 from harness.tasks import Cell
@@ -120,14 +122,24 @@ def crash_site(lines: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One run of a cell; --repeat runs the same cell as several tasks."""
+    """One run of a cell; --repeat runs the same cell as several tasks.
+    ``batch``: with --batch-seeds, the cells (differing only in their seed)
+    trained together, ``cell`` being the first; the task ends with one
+    record per cell."""
 
     cell: Cell
     repeat: int = 0
+    batch: tuple[Cell, ...] = ()
+
+    @property
+    def cells(self) -> tuple[Cell, ...]:
+        return self.batch or (self.cell,)
 
     @property
     def cost(self) -> int:
-        return self.cell.epochs
+        # A batch costs far less than its cells one by one; this only orders
+        # the queue and decides extra workers.
+        return self.cell.epochs * (1 + len(self.batch) // 100)
 
 
 class Worker:
@@ -162,7 +174,8 @@ class Worker:
         self.task = task
         if self.ready:
             self.deadline = deadline
-        self.send({"cell": task.cell.to_dict()})
+        self.send({"batch": [c.to_dict() for c in task.batch]} if task.batch else
+                  {"cell": task.cell.to_dict()})
 
     def send(self, request: dict) -> None:
         self.err_start = os.fstat(self.err.fileno()).st_size
@@ -435,20 +448,22 @@ class Engine:
             self.timing[w.backend].import_seconds += w.hello["import_seconds"]
             w.deadline = self._deadline()  # its task's clock starts now
         for msg in records:
-            task, record = w.task, Record.from_dict(msg["record"])
-            w.task, w.deadline = None, None
+            task, w.task, w.deadline = w.task, None, None
+            got = unpack_records(msg) if "records" in msg else [Record.from_dict(msg["record"])]
             timing = self.timing[w.backend]
-            timing.cells += 1
-            timing.train_seconds += record.seconds or 0.0
-            self.on_result(task, record)
+            for record in got:
+                timing.cells += 1
+                timing.train_seconds += record.seconds or 0.0
+                self.on_result(dataclasses.replace(task, cell=record.cell, batch=()), record)
 
     def _lose(self, w: Worker, status: Status, message: str) -> None:
         """End worker w; its current task, if any, gets this status."""
-        record = lose(w, status, message, self.versions.get(w.backend))
+        task = w.task
+        records = lost_records(w, status, message, self.versions.get(w.backend))
         self.workers.remove(w)
-        if record is not None:
+        for record in records:
             self.timing[w.backend].cells += 1
-            self.on_result(w.task, record)
+            self.on_result(dataclasses.replace(task, cell=record.cell, batch=()), record)
 
 
 def timeout_message(timeout: float) -> str:
@@ -459,18 +474,29 @@ def import_hang_message(backend: str) -> str:
     return f"importing {backend} did not finish within {IMPORT_TIMEOUT:g} s; worker killed"
 
 
-def lose(w: Worker, status: Status, message: str, version: str | None) -> Record | None:
-    """End worker w.  Its current task's cell, if any, gets a record with this
-    status and message (plus, when the process died, the site of the crash),
-    its stderr in ``info.stderr``; None when it had no task."""
+def lost_records(w: Worker, status: Status, message: str, version: str | None
+                 ) -> list[Record]:
+    """End worker w.  Each cell of its current task, if any (every seed of a
+    batch), gets a record with this status and message (plus, when the
+    process died, the site of the crash), its stderr in ``info.stderr``."""
     if w.proc.poll() is None:
         w.proc.kill()
     w.proc.wait()
     lines = w.stderr_lines()
     w.kill()
     if w.task is None:
-        return None
+        return []
     died = status == Status.ERROR and w.proc.returncode != 0
     site = crash_site(lines) if died else ""
-    return Record.for_cell(w.task.cell, status, message + (f" ({site})" if site else ""),
-                           backend_version=version, info={"stderr": lines} if lines else {})
+    info = {"stderr": lines} if lines else {}
+    if w.task.batch:
+        info["batched"] = len(w.task.batch)
+    return [Record.for_cell(cell, status, message + (f" ({site})" if site else ""),
+                            backend_version=version, info=dict(info))
+            for cell in w.task.cells]
+
+
+def lose(w: Worker, status: Status, message: str, version: str | None) -> Record | None:
+    """``lost_records`` for a worker running one cell (or none): its record."""
+    records = lost_records(w, status, message, version)
+    return records[0] if records else None

@@ -5,7 +5,9 @@ framework (once) and writes ``{"state", "version", "detail",
 "import_seconds"}`` (the probe's answer); it exits there unless the state is
 ``ok``.  Then it reads requests from stdin, one per line, until stdin
 closes: ``{"cell": Cell.to_dict()}`` is answered with ``{"record":
-Record.to_dict()}`` (harness.execution.child.run_cell), ``{"gradcheck":
+Record.to_dict()}`` (harness.execution.child.run_cell), ``{"batch": [Cell
+dicts]}`` (cells differing only in their seed) with one message of all
+their records (child.run_batch, in child.pack_records' form), ``{"gradcheck":
 {seed, gate, dtype, hidden}}`` with ``{"gradcheck": [...]}``
 (child.gradients).  Floats travel as
 Python's JSON (NaN allowed), which round-trips every float64 exactly; the
@@ -86,7 +88,8 @@ def main(argv: list[str]) -> int:
 
     name = argv[0]
 
-    from harness.execution.child import gradients, import_framework, run_cell
+    from harness.execution.child import (gradients, import_framework, pack_records,
+                                         run_batch, run_cell)
     from harness.tasks import Cell
 
     t0 = time.perf_counter()
@@ -100,6 +103,9 @@ def main(argv: list[str]) -> int:
         if "cell" in request:
             record = run_cell(Cell.from_dict(request["cell"]), avail.version)
             send({"record": record.to_dict()})
+        elif "batch" in request:
+            cells = [Cell.from_dict(d) for d in request["batch"]]
+            send(pack_records(run_batch(cells, avail.version)))
         else:
             send({"gradcheck": gradients(name, request["gradcheck"])})
     return 0
