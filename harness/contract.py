@@ -63,6 +63,12 @@ Optional
                            BatchResult``, parameters with a leading seed
                            axis, in every mode the level has.  A level not
                            named runs per seed.
+  ``BATCH_BOUNDS``         {level: (bound, reason)}: a batched level whose
+                           records are not bit-identical to its per-seed
+                           ones (a framework whose kernels change with the
+                           batch's shape): the measured largest relative
+                           deviation and why.  A batched level not named
+                           here is bit-identical (tests/test_batch.py).
   ``known_departure(cell)`` -> str | None: why a cell leaves the reference
                            through a framework behaviour no adapter can
                            change without rewriting the framework's own
@@ -89,10 +95,11 @@ from harness.tasks import (ARCHS, DTYPES, LEVELS, MODES, OPTIMIZERS, PERCEPTRON_
 
 REQUIRED = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "framework_version")
 OPTIONAL = ("ARCH_LIMITS", "MODES", "MODE_GAPS", "ENV", "OPTIMIZER_GAPS", "BATCHED",
+            "BATCH_BOUNDS",
             "loss_and_grad",
             "known_departure", "departures", "optimizer_defaults")
 CONSTANTS = ("NAME", "IMPORTS", "TRAINERS", "UNSUPPORTED", "ARCH_LIMITS", "MODES", "MODE_GAPS",
-             "ENV", "OPTIMIZER_GAPS", "BATCHED")
+             "ENV", "OPTIMIZER_GAPS", "BATCHED", "BATCH_BOUNDS")
 # Levels that use the framework's own optimizer object.
 OPTIMIZER_LEVELS = ("optimizer", "custom")
 
@@ -124,6 +131,7 @@ class Backend:
     optimizer_defaults: Callable[[str], dict[str, float]] | None = None
     batched: Mapping[str, Callable[[BatchSpec], BatchResult]] = dataclasses.field(
         default_factory=dict)
+    batch_bounds: Mapping[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -301,6 +309,13 @@ def check(name: str, mod: ModuleType) -> Backend:
             raise broken(f"BATCHED names level {level!r}, which it does not train")
         if not callable(trainer):
             raise broken(f"the batched trainer of level {level!r} is not callable")
+    bounds = getattr(mod, "BATCH_BOUNDS", {})
+    if not isinstance(bounds, dict) or not all(
+            level in batched and isinstance(b, tuple) and len(b) == 2
+            and isinstance(b[0], float) and b[0] > 0 and isinstance(b[1], str) and b[1].strip()
+            for level, b in bounds.items()):
+        raise broken("BATCH_BOUNDS must be a dict from a level of BATCHED to (a positive "
+                     "bound, a reason)")
     for member in ("framework_version", "loss_and_grad", "known_departure", "departures",
                    "optimizer_defaults"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):
@@ -321,4 +336,4 @@ def check(name: str, mod: ModuleType) -> Backend:
         optimizer_gaps=MappingProxyType(dict(opt_gaps)),
         departures=getattr(mod, "departures", None),
         optimizer_defaults=getattr(mod, "optimizer_defaults", None),
-        batched=MappingProxyType(dict(batched)))
+        batched=MappingProxyType(dict(batched)), batch_bounds=MappingProxyType(dict(bounds)))

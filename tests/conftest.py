@@ -7,7 +7,7 @@ import pytest
 
 from harness import registry
 from harness.execution import engine
-from harness.execution.child import run_cell
+from harness.execution.child import run_batch, run_cell, unpack_records
 from harness.records import Record
 from harness.tasks import ARCHS, DEFAULT_EPOCHS, Cell
 
@@ -85,10 +85,7 @@ def _answer(w: engine.Worker, timeout: float = 900) -> dict | None:
 
 
 def run_in_worker(cell: Cell):
-    w = _WORKERS.get(cell.backend)
-    if w is None or w.proc.poll() is not None:
-        w = _WORKERS[cell.backend] = engine.Worker(cell.backend)
-        _answer(w)  # its hello
+    w = _worker(cell.backend)
     w.task = cell  # marks a request in flight
     w.send({"cell": cell.to_dict()})
     answer = None
@@ -96,6 +93,31 @@ def run_in_worker(cell: Cell):
         answer = _answer(w)
     w.task = None
     return Record.from_dict(answer["record"])
+
+
+def _worker(backend: str) -> engine.Worker:
+    w = _WORKERS.get(backend)
+    if w is None or w.proc.poll() is not None:
+        w = _WORKERS[backend] = engine.Worker(backend)
+        _answer(w)  # its hello
+    return w
+
+
+@functools.lru_cache(maxsize=None)
+def cached_batch(cells: tuple[Cell, ...]) -> tuple[Record, ...]:
+    """``child.run_batch`` of cells differing only in their seed, once per
+    session, where ``cached_run`` would run them."""
+    backend = cells[0].backend
+    if not (backend in registry.BACKENDS and registry.backend(backend).env):
+        return tuple(run_batch(list(cells), availability(backend).version))
+    w = _worker(backend)
+    w.task = cells[0]
+    w.send({"batch": [c.to_dict() for c in cells]})
+    answer = None
+    while answer is None:
+        answer = _answer(w)
+    w.task = None
+    return tuple(unpack_records(answer))
 
 
 @atexit.register

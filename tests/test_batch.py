@@ -1,0 +1,123 @@
+"""--batch-seeds: batched records against per-seed ones, the batched oracle
+against the per-seed oracle, and the run's plumbing.
+
+The cases come from each backend's declared ``BATCHED`` levels (and
+``BATCH_BOUNDS``, harness.contract): a batched level is bit-identical to
+its per-seed cells unless the backend declares a measured bound, and then
+it must stay within it.  Samples: a multi-layer xor at float64 (1000 steps,
+sgd), a single-layer cell at float32, and a recipe (adam, batch size 1,
+mean) at float64, five seeds each.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from harness import oracle, registry
+from harness.compare import relative_deviation
+from harness.contract import ContractError, check
+from harness.tasks import BatchSpec
+
+from conftest import cached_batch, cached_run, make_cell, require
+
+SEEDS = range(5)
+SAMPLES = {
+    "multi-xor-float64": dict(arch="multi", gate="xor", dtype="float64"),
+    "single-nand-float32": dict(arch="single", gate="nand", dtype="float32"),
+    "recipe-adam-online-mean": dict(arch="multi", gate="or", dtype="float64", epochs=200,
+                                    optimizer="adam", lr=0.05, batch_size=1, reduction="mean"),
+}
+# What a batched record must reproduce of its per-seed record (the verdict
+# fields follow from these and are compared too).
+COMPARED = ("status", "params_init", "params_final", "probs", "preds", "loss_final",
+            "loss_curve", "learned", "hparams_used", "oracle_dev", "agrees", "learned_epoch",
+            "explained_by")
+
+
+def _cases():
+    for name in registry.BACKENDS:
+        spec = registry.backend(name)
+        for level in spec.batched:
+            for sample in SAMPLES:
+                yield pytest.param(name, level, sample, id=f"{name}-{level}-{sample}")
+
+
+def _as_float(value):
+    if isinstance(value, dict):
+        return {k: np.asarray(v, np.float64) for k, v in value.items()}
+    return np.asarray(value, np.float64)
+
+
+@pytest.mark.parametrize("backend,level,sample", list(_cases()))
+def test_batched_records_match_per_seed(backend, level, sample):
+    require(backend)
+    spec = registry.backend(backend)
+    cells = tuple(make_cell(backend, level, seed=s, **SAMPLES[sample]) for s in SEEDS)
+    if spec.gap(level, cells[0].arch) or spec.recipe_gap(cells[0]):
+        pytest.skip(f"{backend} {level} does not run {sample}")
+    batched = cached_batch(cells)
+    assert [r.cell for r in batched] == list(cells)
+    bound = spec.batch_bounds.get(level)
+    for cell, got in zip(cells, batched):
+        want = cached_run(cell)
+        assert got.status == "ok", got.message
+        assert got.info.get("batched") == len(cells)
+        assert got.agrees is not None or got.unjudged  # every batched record is judged
+        if bound is None:
+            for field in COMPARED:
+                a, b = getattr(got, field), getattr(want, field)
+                if field in ("loss_curve", "probs"):
+                    a, b = list(map(float, a)), list(map(float, b))
+                assert json.dumps(a) == json.dumps(b), f"seed {cell.seed}: {field} differs"
+        else:
+            dev = max(relative_deviation(got.params_final, want.params_final),
+                      float(np.max(np.abs(_as_float(got.loss_curve) - _as_float(want.loss_curve))
+                                   / np.maximum(np.abs(_as_float(want.loss_curve)), 1.0))))
+            assert dev <= bound[0], f"seed {cell.seed}: {dev:.2e} > declared {bound[0]:.1e}"
+            assert got.agrees == want.agrees
+
+
+def test_batched_oracle_is_the_per_seed_oracle_bit_for_bit():
+    """The oracle solves problems with a leading batch axis; one problem
+    alone and twenty together give the same bits."""
+    records = [cached_run(make_cell("numpy", "raw", "multi", "xor", seed=s, dtype="float64"))
+               for s in range(20)]
+    problems = [oracle.Problem.of(r) for r in records]
+    together = oracle._solve_group(problems)
+    for p, t in zip(problems, together):
+        alone = oracle._solve_group([p])[0]
+        for k in alone.params_final:
+            assert np.array_equal(alone.params_final[k], t.params_final[k])
+        assert np.array_equal(alone.loss_curve, t.loss_curve)
+        assert alone.loss_final == t.loss_final
+        assert np.array_equal(alone.all_right, t.all_right)
+
+
+def test_batch_spec_refuses_cells_that_differ_beyond_the_seed():
+    cells = [make_cell("numpy", "raw", "single", "and", seed=0),
+             make_cell("numpy", "raw", "single", "or", seed=1)]
+    with pytest.raises(ValueError, match="seed only"):
+        BatchSpec.from_cells(cells)
+
+
+def test_contract_checks_batched_declarations():
+    import types
+
+    def mod(**extra):
+        m = types.ModuleType("fake_backend")
+        m.NAME, m.IMPORTS, m.UNSUPPORTED = "fake", ("numpy",), {"module": "no", "optimizer": "no",
+                                                                "custom": "no"}
+        m.TRAINERS = {"raw": lambda spec: None}
+        m.loss_and_grad = lambda spec: None
+        m.framework_version = lambda: "0"
+        for k, v in extra.items():
+            setattr(m, k, v)
+        return m
+
+    assert check("fake", mod(BATCHED={"raw": len})).batched["raw"] is len
+    with pytest.raises(ContractError, match="BATCHED names level 'module'"):
+        check("fake", mod(BATCHED={"module": len}))
+    with pytest.raises(ContractError, match="BATCH_BOUNDS"):
+        check("fake", mod(BATCHED={"raw": len}, BATCH_BOUNDS={"raw": (0.0, "x")}))
+    with pytest.raises(ContractError, match="did you mean BATCHED"):
+        check("fake", mod(BATCHD={"raw": len}))
