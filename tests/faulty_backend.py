@@ -67,3 +67,16 @@ def loss_and_grad(spec):
     if spec.gate == "xnor":
         ctypes.string_at(0)
     return numpy_backend.loss_and_grad(spec)
+
+
+def train_batch(spec):
+    """--batch-seeds: a batch of xor seeds segfaults half-way, like its cells."""
+    if spec.gate == "xor":
+        half = dataclasses.replace(spec.cell, epochs=spec.epochs // 2)
+        numpy_backend.train_raw_batch(dataclasses.replace(spec, cells=(half,) * spec.seeds))
+        print(f"faulty: failing on purpose at epoch {spec.epochs // 2}", file=sys.stderr, flush=True)
+        ctypes.string_at(0)
+    return numpy_backend.train_raw_batch(spec)
+
+
+BATCHED = {"raw": train_batch}

@@ -121,3 +121,46 @@ def test_contract_checks_batched_declarations():
         check("fake", mod(BATCHED={"raw": len}, BATCH_BOUNDS={"raw": (0.0, "x")}))
     with pytest.raises(ContractError, match="did you mean BATCHED"):
         check("fake", mod(BATCHD={"raw": len}))
+
+
+# ------------------------------------------------------------------ the run
+
+def test_batch_seeds_run_records_say_so_and_match_a_per_seed_run(tmp_path):
+    """Through the CLI: batched where a backend can (numpy raw), per seed
+    elsewhere (numpy module), saying which and why; the records of both
+    runs are the same bits; a batch that crashes its worker (the faulty
+    backend's xor) costs each of its cells an error record, and the run
+    goes on."""
+    from test_engine import by_cell, harness, records
+
+    common = ["--backends", "numpy,faulty", "--levels", "raw,module", "--archs", "single",
+              "--gates", "and,xor", "--seeds", "0-3", "--dtype", "float64", "--no-report"]
+    a = harness("run", *common, "--out", str(tmp_path / "a"))
+    b = harness("run", *common, "--batch-seeds", "--out", str(tmp_path / "b"))
+    assert a.returncode == b.returncode == 1, b.stderr  # the faulty xor cells are errors
+    assert ("--batch-seeds: 16 cells in 4 batch(es); per seed: numpy module (numpy has no "
+            "batched form of level 'module'); faulty module (faulty has no batched form of "
+            "level 'module')") in b.stdout
+    ra, rb = by_cell(records(tmp_path / "a")), by_cell(records(tmp_path / "b"))
+    assert ra.keys() == rb.keys()
+    for key, rec in rb.items():
+        batched = key[1] == "raw"
+        assert rec["info"].get("batched") == (4 if batched else None), key
+        if key[0] == "faulty" and key[3] == "xor":
+            assert rec["status"] == "error" and "SIGSEGV" in rec["message"], rec["message"]
+            continue
+        for field in ("status", "params_final", "loss_curve", "probs", "agrees", "oracle_dev"):
+            assert rec[field] == ra[key][field], (key, field)
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["timing"]["batching"]["batches"] == 4
+
+
+def test_batch_seeds_must_be_true_or_false(tmp_path):
+    from test_engine import harness
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('batch_seeds = "yes"\n')
+    r = harness("run", "--config", str(cfg), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "harness: error: Invalid batch_seeds 'yes'. Expected true or false."), r.stderr
+    assert not (tmp_path / "x").exists()
