@@ -333,18 +333,28 @@ def _forward_seeds(params, x):
     return sigmoid(h @ params["W2"] + params["b2"][:, None, :]), h
 
 
+def _sum_rows(a):
+    """``a.sum(axis=1)`` for (S, rows, k), added row after row: the same
+    order numpy's reduction takes for fewer than 8 rows (a truth table has
+    at most 4), so the same bits, at a quarter of the time."""
+    out = a[:, 0]
+    for i in range(1, a.shape[1]):
+        out = out + a[:, i]
+    return out
+
+
 def _backprop_seeds(params, x, y, p, h):
     dz = p - y
     if h is None:
-        return {"W": x.T @ dz, "b": dz.sum(axis=1)}
+        return {"W": x.T @ dz, "b": _sum_rows(dz)}
     dh = dz @ np.swapaxes(params["W2"], 1, 2)
     dz1 = dh * h * (1 - h)
-    return {"W1": x.T @ dz1, "b1": dz1.sum(axis=1), "W2": np.swapaxes(h, 1, 2) @ dz,
-            "b2": dz.sum(axis=1)}
+    return {"W1": x.T @ dz1, "b1": _sum_rows(dz1), "W2": np.swapaxes(h, 1, 2) @ dz,
+            "b2": _sum_rows(dz)}
 
 
 def _loss_seeds(p, y):
-    return -np.sum(np.log(y * p + (1 - y) * (1 - p)), axis=(1, 2))
+    return -_sum_rows(np.log(y * p + (1 - y) * (1 - p)))[:, 0]
 
 
 def train_raw_batch(spec: BatchSpec) -> BatchResult:

@@ -167,17 +167,27 @@ def forward(params: dict[str, np.ndarray], x: np.ndarray):
     return h @ params["W2"] + params["b2"][:, None, :], h
 
 
+def _sum_rows(a):
+    """``a.sum(axis=1)`` of (B, rows, k), added row after row: for fewer than
+    8 rows (a truth table has at most 4) the order, and so the bits, of
+    numpy's own reduction, at a quarter of its time on large B."""
+    out = a[:, 0]
+    for i in range(1, a.shape[1]):
+        out = out + a[:, i]
+    return out
+
+
 def loss_and_grad_batch(params, x, y):
     """(summed cross-entropy (B,), its closed-form gradient, logits) per problem."""
     z, h = forward(params, x)
-    loss = np.sum(np.logaddexp(0.0, z) - y * z, axis=(1, 2))
+    loss = _sum_rows(np.logaddexp(0.0, z) - y * z)[:, 0]
     dz = _sigmoid(z) - y
     if h is None:
-        return loss, {"W": x.T @ dz, "b": dz.sum(axis=1)}, z
+        return loss, {"W": x.T @ dz, "b": _sum_rows(dz)}, z
     dh = dz @ np.swapaxes(params["W2"], 1, 2)
     da = dh * h * (1.0 - h)
-    return loss, {"W1": x.T @ da, "b1": da.sum(axis=1),
-                  "W2": np.swapaxes(h, 1, 2) @ dz, "b2": dz.sum(axis=1)}, z
+    return loss, {"W1": x.T @ da, "b1": _sum_rows(da),
+                  "W2": np.swapaxes(h, 1, 2) @ dz, "b2": _sum_rows(dz)}, z
 
 
 def _batched(params):
@@ -517,17 +527,26 @@ def horizon(problem: Problem, traj: Trajectory, curve_tol: float,
 
 def first_departure(curve, oracle_curve, tol: float) -> int | None:
     """First index where curve leaves the band around oracle_curve (see module doc)."""
-    got = np.array([np.nan if v is None else v for v in curve], dtype=np.float64)
+    got = (curve.astype(np.float64) if isinstance(curve, np.ndarray) else
+           np.array([np.nan if v is None else v for v in curve], dtype=np.float64))
     want = np.asarray(oracle_curve, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         outside = ~(np.abs(got - want) / np.maximum(np.abs(want), 1.0) <= tol)
     return int(np.argmax(outside)) if outside.any() else None
 
 
+def _with_final(curve, final) -> np.ndarray:
+    """A loss curve with its final loss appended (None, as read from strict
+    JSON, is NaN)."""
+    if isinstance(curve, np.ndarray):
+        return np.append(curve.astype(np.float64), np.nan if final is None else final)
+    return np.array([np.nan if v is None else v for v in (*curve, final)], dtype=np.float64)
+
+
 def _bands(record, traj: Trajectory, tol: float, curve_tol: float):
     dev = relative_deviation(record.params_final, traj.params_final)
-    first = first_departure([*record.loss_curve, record.loss_final],
-                            [*traj.loss_curve, traj.loss_final], curve_tol)
+    first = first_departure(_with_final(record.loss_curve, record.loss_final),
+                            _with_final(traj.loss_curve, traj.loss_final), curve_tol)
     departed = [*(["params_final"] if not dev <= tol else []),
                 *(["loss_curve"] if first is not None else [])]
     return dev, first, departed

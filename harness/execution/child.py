@@ -23,7 +23,8 @@ from harness import registry
 from harness.oracle import judge, judge_all
 from harness.records import Record, Status
 from harness.registry import Availability
-from harness.tasks import (BatchSpec, Cell, TrainResult, TrainSpec, init_params, updates)
+from harness.tasks import (BatchSpec, Cell, TrainResult, TrainSpec, init_params, truth_table,
+                           updates)
 
 
 def import_framework(name: str) -> Availability:
@@ -69,9 +70,11 @@ def divergence(result: TrainResult, epochs: int) -> tuple[int, str] | None:
     """(epoch, message) where the loss or parameters first became NaN or
     infinite, or None.  Only the loss is recorded per epoch; parameters are
     checked at the end."""
-    for t, loss in enumerate(result.loss_curve):
-        if not math.isfinite(loss):
-            return t, f"diverged: loss is {loss} at epoch {t} (after {t} updates)"
+    curve = np.asarray(result.loss_curve, dtype=np.float64)
+    if not np.all(np.isfinite(curve)):
+        t = int(np.argmin(np.isfinite(curve)))
+        loss = float(curve[t])
+        return t, f"diverged: loss is {loss} at epoch {t} (after {t} updates)"
     if not math.isfinite(result.loss_final):
         return epochs, f"diverged: final loss is {result.loss_final}"
     for name, value in result.params_final.items():
@@ -83,7 +86,7 @@ def divergence(result: TrainResult, epochs: int) -> tuple[int, str] | None:
 def record_from_result(cell: Cell, version: str | None, result: TrainResult,
                        seconds: float) -> Record:
     """The (unjudged) record of a trained cell."""
-    y = np.array(TrainSpec.from_cell(cell).y).reshape(-1)
+    y = truth_table(cell.gate)[1].reshape(-1)
     probs = np.asarray(result.probs, dtype=np.float64).reshape(-1)
     preds = (probs > 0.5).astype(int)
     correct = preds == y
