@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness import records as rec_mod
@@ -86,6 +87,30 @@ def explained(fields, fresh):
     return [f for f in fields if not (f == "learned_epoch" and fresh.explained_by)]
 
 
+# Fields that hold computed floats: bit-identical on a machine that computes
+# as the recording one did, else within the float64 tolerance.
+FLOAT_FIELDS = ("params_final", "probs", "loss_curve", "loss_final", "oracle_dev")
+
+
+def same_arithmetic(old: dict, new: dict) -> bool:
+    """Whether this machine computes the numpy reference's bits as the one
+    that wrote the folder did.  The bits of a 2-hidden-unit matmul and of
+    exp depend on the CPU (OpenBLAS and numpy pick kernels by the
+    instruction set: AVX2 vs AVX-512, FMA), so across machines "the same
+    numbers" can only mean the same to within round-off."""
+    return all(old[c].params_final == new[c].params_final and old[c].loss_curve == new[c].loss_curve
+               for c in old if c.backend == "numpy" and old[c].status == "ok")
+
+
+def _close(a, b, tol: float) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if a is None or b is None:
+        return a is b
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return x.shape == y.shape and bool(np.all(np.abs(x - y) <= tol * np.maximum(np.abs(y), 1.0)))
+
+
 def test_same_numbers_as_the_schema1_run(rerun):
     _, old = load_run(OLD)
     man, new = load_run(rerun)
@@ -93,13 +118,20 @@ def test_same_numbers_as_the_schema1_run(rerun):
     old = {r.cell: r for r in old}
     new = {r.cell: r for r in new}
     assert set(old) == set(new)
+    exact = same_arithmetic(old, new)
     compared = 0
     for cell, a in old.items():
         if not availability(cell.backend).ok:
             continue  # recorded where the framework was installed, skipped here
         b = new[cell]
         for field in explained(COMPARED, b):
-            assert getattr(a, field) == getattr(b, field), (cell, field)
+            if exact or field not in FLOAT_FIELDS or a.status != "ok":
+                assert getattr(a, field) == getattr(b, field), (cell, field)
+            elif field == "oracle_dev":
+                # a deviation of round-off size: the same order, not the same bits
+                assert (a.oracle_dev <= a.tolerance) == (b.oracle_dev <= b.tolerance), cell
+            else:
+                assert _close(getattr(a, field), getattr(b, field), 1e-9), (cell, field)
         compared += 1
     # numpy, the reference, is always there; with every framework, all 108 ok cells.
     missing = {c.backend for c in old if not availability(c.backend).ok}
