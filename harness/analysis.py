@@ -171,10 +171,23 @@ class LevelMismatch:
     levels: tuple[str, str]
     dev: float
     tol: float
-    # The oracle variant that explains the second level's departure from the
-    # textbook (its optimizer object's formula), when the first level follows
-    # the textbook: an explained difference, not a finding.
+    # The oracle variant atoms that explain the second level's departure from
+    # the first (its optimizer object's formula, beyond what both share),
+    # when both follow the oracle: an explained difference, not a finding.
     explained_by: str | None = None
+
+
+def _atoms(r: Record) -> list[str]:
+    return r.explained_by.split("+") if r.explained_by else []
+
+
+def _level_difference(first: Record, other: Record) -> str | None:
+    """The variant atoms that explain why ``other``'s level differs from
+    ``first``'s: the atoms of other's explanation that first's lacks, when
+    both follow the oracle (each agrees or is explained); else None."""
+    judged = (first.agrees or first.explained_by) and other.explained_by
+    extra = [a for a in _atoms(other) if a not in _atoms(first)]
+    return "+".join(extra) if judged and extra else None
 
 
 def level_agreement(records: list[Record]
@@ -206,8 +219,7 @@ def level_agreement(records: list[Record]
             dev = relative_deviation(other.params_final, first.params_final)
             if not dev <= tol:
                 cell = f"{first.arch} {first.gate} seed {first.seed}"
-                why = (other.explained_by if other.explained_by and first.agrees
-                       and not first.explained_by else None)
+                why = _level_difference(first, other)
                 bad.append(LevelMismatch(first.backend, cell, (first.level, other.level), dev, tol,
                                          why))
         c = tally.setdefault(first.backend, [0, 0])
@@ -250,9 +262,14 @@ def convergence(records: list[Record]) -> list[Convergence]:
     and optimizer, which share a trajectory), over the seeds any backend ran."""
     ok = sorted((r for r in records if r.status == Status.OK), key=cell_order)
     pairs = list(zip(ok, oracle.solve([oracle.Problem.of(r) for r in ok])))
+    # A cell explained by a variant is compared with the variant's outcome.
+    explained = [r for r in ok if r.explained_by]
+    variant = dict(zip(map(id, explained), oracle.solve(
+        [oracle.Problem.of(r, tuple(_atoms(r))) for r in explained])))
     groups: dict[tuple, list] = {}
     for r, t in pairs:
-        groups.setdefault((r.backend, r.level, r.arch, r.gate), []).append((r, t))
+        groups.setdefault((r.backend, r.level, r.arch, r.gate), []).append(
+            (r, variant.get(id(r), t)))
     ref: dict[tuple, dict] = {}
     for r, t in pairs:
         ref.setdefault((oracle.rule_of(r.level, r.optimizer), r.arch, r.gate), {}).setdefault(

@@ -190,6 +190,36 @@ def loss_and_grad_batch(params, x, y):
                   "W2": np.swapaxes(h, 1, 2) @ dz, "b2": _sum_rows(dz)}, z
 
 
+def _sigmoid_primitives_grad(g, a):
+    """The gradient through p = 1 / (1 + exp(-a)) as an autodiff tape of its
+    primitives computes it (divide, add, exp, negate): g exp(-a) / (1 +
+    exp(-a))^2, which keeps every digit of 1 - p where p(1 - p) from a
+    rounded p loses them as p nears 1."""
+    e = np.exp(-a)
+    d = 1.0 + e
+    return -(-g * 1.0 / (d * d) * e)
+
+
+def loss_and_grad_written_out(params, x, y):
+    """``loss_and_grad_batch``'s gradient as an autodiff framework computes it
+    through the notebook's written-out loss -log(y p + (1 - y)(1 - p)) and
+    sigmoids written as 1 / (1 + exp(-z)) (variant "autodiff-written-out"):
+    dL/dp = -(y - (1 - y)) / u, then each sigmoid by its primitives."""
+    z, h = forward(params, x)
+    loss = _sum_rows(np.logaddexp(0.0, z) - y * z)[:, 0]
+    p = _sigmoid(z)
+    u = y * p + (1 - y) * (1 - p)
+    gu = -1.0 / u
+    dz = _sigmoid_primitives_grad(gu * y - gu * (1 - y), z)
+    if h is None:
+        return loss, {"W": x.T @ dz, "b": _sum_rows(dz)}, z
+    dh = dz @ np.swapaxes(params["W2"], 1, 2)
+    a = x @ params["W1"] + params["b1"][:, None, :]
+    da = _sigmoid_primitives_grad(dh, a)
+    return loss, {"W1": x.T @ da, "b1": _sum_rows(da),
+                  "W2": np.swapaxes(h, 1, 2) @ dz, "b2": _sum_rows(dz)}, z
+
+
 def _batched(params):
     return {k: np.asarray(v, dtype=np.float64)[None] for k, v in params.items()}
 
@@ -268,6 +298,13 @@ VARIANTS: dict[str, str] = {
                      "(1 - b) factors, eps and rho stay exact (Keras 3 on TensorFlow: its "
                      "optimizers pass those through ops.cast(python float, dtype), i.e. "
                      "tf.cast, which makes a float32 tensor first)",
+    "autodiff-written-out": "the gradient is autodiff's through the notebook's written-out "
+                            "loss -log(y p + (1 - y)(1 - p)) and sigmoids written as 1 / (1 + "
+                            "exp(-z)), each differentiated by its primitives: exact where the "
+                            "textbook's closed form p - y, from a rounded p, loses the digits "
+                            "of 1 - p as p nears 1 (a relative error eps / (1 - p), which an "
+                            "adaptive optimizer's g / sqrt(s) turns into a step error once the "
+                            "loss is ~1e-8)",
     "float64-weight-decay": "with float32-hparams, the weight decay stays exact (L2 written "
                             "into the loss in the parameters' dtype, not passed to the "
                             "optimizer)",
@@ -380,13 +417,15 @@ def _gradient_descent(params, x, y, problem: "Problem"):
     n = problem.epochs * len(slices)
     rule = _Rule(problem.rule, problem.lr, dict(problem.hp), problem.variant)
     full = len(slices) == 1
+    gradient = (loss_and_grad_written_out if "autodiff-written-out" in problem.variant
+                else loss_and_grad_batch)
     signs = np.random.default_rng(0)  # the horizon probe's, when it runs
     curve = np.empty((y.shape[0], n))
     right = np.empty((y.shape[0], n + 1), dtype=bool)
     u = 0
     for _ in range(problem.epochs):
         for sl in slices:
-            loss, grad, z = loss_and_grad_batch(params, x[sl], y[:, sl])
+            loss, grad, z = gradient(params, x[sl], y[:, sl])
             if problem.reduction == "mean":
                 count = sl.stop - sl.start
                 scale = _f32(1 / count) if "float32-rescale-grad" in problem.variant else None
