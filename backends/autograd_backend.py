@@ -76,8 +76,8 @@ import inspect
 import numpy as np
 
 from harness.recipes import Textbook, in_effect
-from harness.tasks import (TrainResult, TrainSpec, batches, hyperparameters, updates,
-                           updates_per_epoch)
+from harness.tasks import (BatchResult, BatchSpec, TrainResult, TrainSpec, batches,
+                           hyperparameters, updates, updates_per_epoch)
 
 NAME = "autograd"
 IMPORTS = ("autograd",)
@@ -271,4 +271,55 @@ def train_optimizer(spec: TrainSpec) -> TrainResult:
     return _result(spec, forward, loss, params, curve, hp, info)
 
 
+# ---------------------------------------------------- raw level, batched
+
+def _objective_seeds(spec: BatchSpec):
+    """``_objective`` with a leading seed axis S on every parameter:
+    ``anp.matmul`` of x (R, n) and W (S, n, k) is one matrix product per
+    seed (numpy loops over the leading axis), biases (S, k) become
+    (S, 1, k), and the loss is one value per seed, shape (S,)."""
+    import autograd.numpy as anp
+
+    def forward(params, x=spec.x):
+        if spec.arch == "single":
+            return 1.0 / (1.0 + anp.exp(-(anp.matmul(x, params["W"]) + params["b"][:, None, :])))
+        h = 1.0 / (1.0 + anp.exp(-(anp.matmul(x, params["W1"]) + params["b1"][:, None, :])))
+        return 1.0 / (1.0 + anp.exp(-(anp.matmul(h, params["W2"]) + params["b2"][:, None, :])))
+
+    def loss(params, rows=slice(None)):
+        x, y = spec.x[rows], spec.y[rows]
+        p = forward(params, x)
+        total = -anp.sum(anp.log(y * p + (1 - y) * (1 - p)), axis=(1, 2))
+        return total if spec.reduction == "sum" else total / len(y)
+
+    return forward, loss
+
+
+def train_raw_batch(spec: BatchSpec) -> BatchResult:
+    """``train_raw`` for S seeds at once: ``make_vjp`` of the per-seed loss
+    vector, pulled back with a vector of ones, is each seed's own gradient
+    (what ``value_and_grad`` pulls back with 1 per seed)."""
+    from autograd import make_vjp
+
+    forward, loss = _objective_seeds(spec)
+    hp = in_effect(spec.cell, optimizer_defaults)
+    rule = Textbook(spec.cell, hp, np.sqrt)
+    params = {k: v.copy() for k, v in spec.params.items()}
+    curve = np.empty((spec.seeds, updates(spec.cell)))
+    u = 0
+    for _ in range(spec.epochs):
+        for rows in batches(spec.cell):
+            vjp, value = make_vjp(loss)(params, rows)
+            grads = vjp(np.ones_like(value))
+            curve[:, u] = value
+            rule.tick()
+            params = {k: rule.step(k, params[k], grads[k]) for k in params}
+            u += 1
+    final = {k: np.asarray(params[k]).astype(spec.dtype) for k in spec.params}
+    return BatchResult(params_start={k: v.copy() for k, v in spec.params.items()},
+                       params_final=final, loss_curve=curve, loss_final=loss(final),
+                       probs=np.asarray(forward(final)).reshape(spec.seeds, -1), hparams=hp)
+
+
 TRAINERS = {"raw": train_raw, "optimizer": train_optimizer}
+BATCHED = {"raw": train_raw_batch}
