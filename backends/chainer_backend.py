@@ -17,6 +17,18 @@
   registered in ``init_scope()`` and the forward pass in ``__call__``,
   trained with the same optimizer objects.  Chainer is define-by-run: eager
   is its only mode.
+* ``raw``, batched (``--batch-seeds``, ``BATCHED``): every parameter with a
+  leading seed axis (W (S, n, k), biases held as (S, 1, k)), ``F.matmul``
+  of the shared x (R, n) against W (S, n, k), which is numpy's matmul
+  looping over the seeds, one (R, n) @ (n, k) product each as per seed,
+  the loss summed (or averaged) over axes (1, 2), one per seed, and
+  ``F.sum`` of the seeds' losses differentiated (its gradient is exactly 1
+  per seed).  Bit-identical to per seed (tests/test_batch.py; also
+  measured on every family, weight decay, batch sizes 1-3, ``--hparams
+  defaults``, zeros init, both dtypes).  1000 seeds of multi xor float64,
+  1000 epochs: 2.1 s batched against 0.69 s per seed, ~330x (2 shared
+  cores).  Module and optimizer levels run per seed (links hold one set of
+  parameters).
 
 Conventions adapted:
 
@@ -79,7 +91,8 @@ import functools
 import numpy as np
 
 from harness.recipes import Textbook, in_effect
-from harness.tasks import HYPERPARAMETERS, TrainResult, TrainSpec, batches, hyperparameters
+from harness.tasks import (HYPERPARAMETERS, BatchResult, BatchSpec, TrainResult, TrainSpec,
+                           batches, hyperparameters, updates)
 
 NAME = "chainer"
 IMPORTS = ("chainer",)
@@ -308,3 +321,71 @@ TRAINERS = {
     "optimizer": functools.partial(_train_module, use_optimizer=True),
     "custom": functools.partial(_train_module, use_optimizer=True),
 }
+
+
+# ---------------------------------------------------- raw level, batched
+
+def _raw_graph_seeds(chainer, spec: BatchSpec):
+    """``_raw_graph`` with a leading seed axis: W (S, n, k) and b stored as
+    (S, 1, k), so ``F.matmul(x, W)`` of x (R, n) is numpy's matmul looping
+    over the seeds (one (R, n) @ (n, k) product each, as per seed) and the
+    bias broadcasts over the rows; the loss is one per seed, (S,)."""
+    F = chainer.functions
+    params = {k: chainer.Variable((v[:, None, :] if v.ndim == 2 else v).copy(),
+                                  requires_grad=True) for k, v in spec.params.items()}
+
+    def forward(x):
+        if spec.arch == "single":
+            return F.sigmoid(F.matmul(x, params["W"]) + params["b"])
+        h = F.sigmoid(F.matmul(x, params["W1"]) + params["b1"])
+        return F.sigmoid(F.matmul(h, params["W2"]) + params["b2"])
+
+    def loss_of(p, y):
+        each = F.log(y * p + (1 - y) * (1 - p))
+        return -(F.mean(each, axis=(1, 2)) if spec.reduction == "mean" else
+                 F.sum(each, axis=(1, 2)))
+
+    return params, forward, loss_of
+
+
+def train_raw_batch(spec: BatchSpec) -> BatchResult:
+    """``train_raw`` for S seeds at once (bit-identical per seed:
+    tests/test_batch.py)."""
+    import chainer
+
+    with chainer.using_config("dtype", np.dtype(spec.dtype)):
+        return _train_raw_batch(chainer, spec)
+
+
+def _train_raw_batch(chainer, spec: BatchSpec) -> BatchResult:
+    F = chainer.functions
+    params, forward, loss_of = _raw_graph_seeds(chainer, spec)
+    shapes = {k: v.shape for k, v in spec.params.items()}
+    hp = in_effect(spec.cell, optimizer_defaults)
+    rule = Textbook(spec.cell, hp, np.sqrt)
+    start = {k: v.array.reshape(shapes[k]).copy() for k, v in params.items()}
+    curve = np.empty((spec.seeds, updates(spec.cell)), dtype=spec.dtype)
+    u = 0
+    for _ in range(spec.epochs):
+        for rows in batches(spec.cell):
+            loss = loss_of(forward(spec.x[rows]), spec.y[rows])
+            curve[:, u] = loss.array
+            # The seeds' losses are independent: the gradient of their sum is
+            # each seed's own (the sum's gradient is exactly 1 per seed).
+            F.sum(loss).backward()
+            rule.tick()
+            for name, p in params.items():
+                p.array[...] = rule.step(name, p.array, p.grad)
+                p.cleargrad()
+            u += 1
+    with chainer.no_backprop_mode():
+        p = forward(spec.x)
+        loss = loss_of(p, spec.y)
+    return BatchResult(params_start=start,
+                       params_final={k: v.array.reshape(shapes[k]).copy()
+                                     for k, v in params.items()},
+                       loss_curve=curve, loss_final=np.asarray(loss.array),
+                       probs=np.asarray(p.array).reshape(spec.seeds, -1), hparams=hp)
+
+
+BATCHED = {"raw": train_raw_batch}
