@@ -76,17 +76,22 @@ def _mean(spec, rows: int):
     return rows if spec.reduction == "mean" else None
 
 
+def _batches(spec: TrainSpec) -> list:
+    """One epoch's (x, y, divisor) batches, sliced once: every epoch reuses them."""
+    return [(spec.x[rows], spec.y[rows], _mean(spec, len(spec.y[rows])))
+            for rows in batches(spec.cell)]
+
+
 def train_raw(spec: TrainSpec) -> TrainResult:
     params = {k: v.copy() for k, v in spec.params.items()}
     start = {k: v.copy() for k, v in spec.params.items()}
     hp = in_effect(spec.cell)
     rule = Textbook(spec.cell, hp, np.sqrt)
     curve = []
+    data = _batches(spec)
     for _ in range(spec.epochs):
-        for rows in batches(spec.cell):
-            x, y = spec.x[rows], spec.y[rows]
+        for x, y, n in data:
             p, h = forward(params, x)
-            n = _mean(spec, len(y))
             loss = written_out_loss(p, y)
             curve.append(float(loss if n is None else loss / n))
             grads = backprop(params, x, y, p, h)
@@ -129,9 +134,9 @@ class Linear(Layer):
         self.x = x
         return x @ self.params["weight"] + self.params["bias"]
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad: bool = True):
         self.grads = {"weight": self.x.T @ grad_out, "bias": grad_out.sum(axis=0)}
-        return grad_out @ self.params["weight"].T
+        return grad_out @ self.params["weight"].T if input_grad else None
 
 
 class Sigmoid(Layer):
@@ -139,8 +144,8 @@ class Sigmoid(Layer):
         self.out = sigmoid(z)
         return self.out
 
-    def backward(self, grad_out):
-        return grad_out * self.out * (1 - self.out)
+    def backward(self, grad_out, input_grad: bool = True):
+        return grad_out * self.out * (1 - self.out) if input_grad else None
 
 
 class Sequential:
@@ -153,8 +158,7 @@ class Sequential:
         return x
 
     def backward(self, grad):
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+        _backward(self.layers, grad)
 
     def parameters(self):
         """(layer, key) pairs, so an optimizer can update each array in place."""
@@ -186,8 +190,15 @@ class Model:
         raise NotImplementedError
 
     def backward(self, grad):
-        for layer in reversed(self._tape):
-            grad = layer.backward(grad)
+        _backward(self._tape, grad)
+
+
+def _backward(layers, grad) -> None:
+    """Back-propagate ``grad`` through ``layers`` in reverse.  The first
+    layer's input is the data, which needs no gradient (frameworks skip it
+    too): that layer computes its parameters' gradients only."""
+    for i in range(len(layers) - 1, -1, -1):
+        grad = layers[i].backward(grad, input_grad=i > 0)
 
 
 # The custom level's user-style models (the notebook's SingleLayerNN and
@@ -275,18 +286,20 @@ def _train_module(spec: TrainSpec, use_optimizer: bool, model=None, call=None) -
     hp = in_effect(spec.cell)
     rule = Textbook(spec.cell, hp, np.sqrt)
     optimizer = Optimizer(model.parameters(), rule) if use_optimizer else None
+    parameters = model.parameters()
     start = _model_params(model)
     curve = []
+    data = _batches(spec)
     for _ in range(spec.epochs):
-        for rows in batches(spec.cell):
-            loss = loss_fn.forward(call(spec.x[rows]), spec.y[rows])
+        for x, y, _n in data:
+            loss = loss_fn.forward(call(x), y)
             curve.append(float(loss))
             model.backward(loss_fn.backward())
             if optimizer:
                 optimizer.step()
             else:
                 rule.tick()
-                for i, (layer, key) in enumerate(model.parameters()):
+                for i, (layer, key) in enumerate(parameters):
                     layer.params[key] = rule.step(i, layer.params[key], layer.grads[key])
     z = call(spec.x)
     return TrainResult(params_start=start, params_final=_model_params(model), loss_curve=curve,
