@@ -621,6 +621,20 @@ def check_manifest(man: Any, path: Path) -> dict[str, Any]:
     return man
 
 
+def folder_state(run_dir: str | Path) -> tuple:
+    """What identifies the contents of a folder's record files (inode, size,
+    modification time of each): equal before and after, nothing wrote them."""
+    out = []
+    for name in ("manifest.json", "results.jsonl", CURVES_FILE):
+        try:
+            st = os.stat(Path(run_dir) / name, follow_symlinks=False)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's manifest, validated (``check_manifest``), after the
     folder's own checks (a folder, no links where the harness writes);
