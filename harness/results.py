@@ -257,7 +257,12 @@ class CurveFile:
         try:
             os.ftruncate(self._fh.fileno(), size)
         except OSError as exc:
-            raise CannotWrite(self.path, exc) from None
+            # No room to reserve (a file-size limit): reserve nothing, so
+            # that a curve that fits is still written.
+            try:
+                os.ftruncate(self._fh.fileno(), size := stop)
+            except OSError:
+                raise CannotWrite(self.path, exc) from None
         self.size = size
         self._map = None  # the old map ends where the file did
 
