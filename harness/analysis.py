@@ -41,7 +41,7 @@ from harness import oracle, registry
 from harness.compare import NoTolerance, relative_deviation, tolerance
 from harness.records import Record, Status, same_curve
 from harness.registry import cell_order
-from harness.tasks import (CELL_FIELDS, GRADIENT_LEVELS, HYPERPARAMETERS,
+from harness.tasks import (AXES, CELL_FIELDS, GRADIENT_LEVELS, HYPERPARAMETERS,
                            NOT_LINEARLY_SEPARABLE, OPTIMIZERS)
 
 Z95 = 1.959963984540054
@@ -236,6 +236,15 @@ class Convergence:
     # Seeds this backend learned and the oracle did not, and the reverse.
     only_backend: tuple[int, ...]
     only_oracle: tuple[int, ...]
+    # The other crossed axes that vary between the run's cells (optimizer,
+    # mode), as (axis, value): a row is one family of cells over its seeds,
+    # so a seed is never counted twice.  () for the oracle's rows (its rule
+    # is the level) and where nothing else varies.
+    settings: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def setting_text(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.settings)
 
     @property
     def fraction(self) -> float:
@@ -255,6 +264,7 @@ class SeedRow:
     level: str
     arch: str
     gate: str
+    settings: str  # Convergence.setting_text of the row
     # Per seed of SeedMap.seeds: 1 learned, 0 not learned, -1 no ok cell.
     learned: np.ndarray
     # Per seed: the row's learned flag differs from the oracle's trajectory
@@ -293,10 +303,16 @@ def convergence_and_seeds(records: list[Record]) -> tuple[list[Convergence], See
         chunk = ok[i:i + SOLVE_CHUNK]
         verdicts += [(t.learned, t.learned_epoch)
                      for t in oracle.solve([oracle.Problem.of(r) for r in chunk])]
+    # Settings other than the row's own that vary between cells (a crossed
+    # optimizer or mode): each value is a row of its own.
+    varying = [f for f, axis in AXES if axis.crossed
+               and f not in ("backend", "level", "arch", "gate", "seed")
+               and len({getattr(r.cell, f) for r in ok}) > 1]
     groups: dict[tuple, list] = {}
     ref: dict[tuple, dict] = {}
     for r, t in zip(ok, verdicts):
-        groups.setdefault((r.backend, r.level, r.arch, r.gate), []).append((r, t))
+        settings = tuple((f, getattr(r.cell, f)) for f in varying)
+        groups.setdefault((r.backend, r.level, r.arch, r.gate, settings), []).append((r, t))
         ref.setdefault((oracle.rule_of(r.level, r.optimizer), r.arch, r.gate), {}).setdefault(
             r.seed, t)
     seeds = np.array(sorted({r.seed for r in ok}), dtype=np.int64)
@@ -310,8 +326,8 @@ def convergence_and_seeds(records: list[Record]) -> tuple[list[Convergence], See
         flags = np.full(len(seeds), -1, dtype=np.int8)
         for seed, (learned, _) in by_seed.items():
             flags[column[seed]] = learned
-        rows.append(SeedRow("oracle", level, arch, gate, flags, np.zeros(len(seeds), bool)))
-    for (backend, level, arch, gate), group in groups.items():
+        rows.append(SeedRow("oracle", level, arch, gate, "", flags, np.zeros(len(seeds), bool)))
+    for (backend, level, arch, gate, settings), group in groups.items():
         learned = {r.seed for r, _ in group if r.learned}
         by_oracle = {r.seed for r, (t_learned, _) in group if t_learned}
         epochs = [r.learned_epoch for r, _ in group if r.learned_epoch is not None]
@@ -319,14 +335,14 @@ def convergence_and_seeds(records: list[Record]) -> tuple[list[Convergence], See
                                *wilson(len(learned), len(group)),
                                statistics.median(epochs) if epochs else None, len(by_oracle),
                                tuple(sorted(learned - by_oracle)),
-                               tuple(sorted(by_oracle - learned))))
+                               tuple(sorted(by_oracle - learned)), settings))
         flags = np.full(len(seeds), -1, dtype=np.int8)
         differs = np.zeros(len(seeds), bool)
         for r, _ in group:
             flags[column[r.seed]] = bool(r.learned)
         for seed in learned ^ by_oracle:
             differs[column[seed]] = True
-        rows.append(SeedRow(backend, level, arch, gate, flags, differs))
+        rows.append(SeedRow(backend, level, arch, gate, out[-1].setting_text, flags, differs))
     return out, SeedMap(seeds, tuple(rows))
 
 
@@ -388,7 +404,8 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
             out.append(Finding(IMPOSSIBLE, *where(r), r))
     for c in conv if conv is not None else convergence(records):
         if c.differs:
-            out.append(Finding(LEARNED_SET, f"{c.backend} {c.level}", f"{c.arch} {c.gate}", c))
+            out.append(Finding(LEARNED_SET, f"{c.backend} {c.level}",
+                               " ".join(x for x in (c.arch, c.gate, c.setting_text) if x), c))
     return out
 
 

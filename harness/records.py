@@ -226,27 +226,45 @@ def _describe(hint) -> str:
 def _conforms(value: Any, hint, in_list: bool = False) -> bool:
     """Whether a decoded JSON value has the annotated type (bool is not a
     number, a float is not an integer; a number in a list may be null)."""
+    test = _TESTS.get(hint)
+    if test is None:
+        test = _TESTS[hint] = _test(hint)
+    return test(value, in_list)
+
+
+# hint -> its test, built once: reading the annotations again for every
+# field of every record made the loader spend most of its time in typing.
+_TESTS: dict[Any, Callable[[Any, bool], bool]] = {}
+
+
+def _test(hint) -> Callable[[Any, bool], bool]:
+    """``_conforms`` for one annotation, as a function of (value, in_list)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_conforms(value, h, in_list) for h in args)
+        parts = [_test(h) for h in args]
+        return lambda v, in_list: any(part(v, in_list) for part in parts)
     if hint is Any:
-        return True
+        return lambda v, in_list: True
     if hint is type(None):
-        return value is None
+        return lambda v, in_list: v is None
     if hint is np.ndarray:  # a curve in memory: read from the curves file, or a batch's
-        return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype == np.float64
+        return lambda v, in_list: (isinstance(v, np.ndarray) and v.ndim == 1
+                                   and v.dtype == np.float64)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return type(value) is str and value in {m.value for m in hint}
+        values = frozenset(m.value for m in hint)
+        return lambda v, in_list: type(v) is str and v in values
     if hint is float:
-        return type(value) in (int, float) or (in_list and value is None)
+        return lambda v, in_list: type(v) is float or type(v) is int or (in_list and v is None)
     if hint in (int, str, bool):
-        return type(value) is hint
+        return lambda v, in_list: type(v) is hint
     if origin is list or hint is list:
-        return type(value) is list and (not args or all(_conforms(v, args[0], True)
-                                                        for v in value))
+        item = _test(args[0]) if args else None
+        return lambda v, in_list: type(v) is list and (item is None
+                                                      or all(item(x, True) for x in v))
     if origin is dict or hint is dict:
-        return type(value) is dict and all(type(k) is str for k in value) and (
-            not args or all(_conforms(v, args[1]) for v in value.values()))
+        value = _test(args[1]) if args else None
+        return lambda v, in_list: (type(v) is dict and all(type(k) is str for k in v) and (
+            value is None or all(value(x, False) for x in v.values())))
     raise TypeError(f"no check for annotation {hint!r}")  # a new field type: add it here
 
 

@@ -550,6 +550,9 @@ def _records(path: Path, version: int, lines, curves: _CurveMap) -> Iterator[Rec
                                  f"{exc}.") from None
         if is_curve_ref(d.get("loss_curve")):
             d["loss_curve"] = curves.view(d["loss_curve"], f"{path}:{n}")
+        for name in _SHARED:  # one string object per value, not one per record
+            if type(d.get(name)) is str:
+                d[name] = sys.intern(d[name])
         record = Record.from_dict(d)
         if record.cell in seen:
             raise RunFolderError(f"{path}:{n}: a second record of the cell on line "
@@ -557,6 +560,10 @@ def _records(path: Path, version: int, lines, curves: _CurveMap) -> Iterator[Rec
         seen[record.cell] = n
         yield record
 
+
+# The string fields whose values repeat from record to record.
+_SHARED = (*(f for f in RECORD_FIELDS if f in Cell.__dataclass_fields__), "status",
+           "backend_version", "rule", "explained_by", "unjudged")
 
 # Records without verdicts (written before verdicts existed) are judged in
 # batches of this many: the oracle batches trajectories of one shape.

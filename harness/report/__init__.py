@@ -35,7 +35,7 @@ from harness.report.figures import (INSTALL_HINT, ReportUnavailable, curve_cells
 from harness.records import Status
 from harness.report.grid import Grid, hidden_note
 from harness.report.render import Section, write_html, write_md, write_pngs
-from harness.report.tables import CONV_HEADER, convergence_row, manifest_rows, status_rows
+from harness.report.tables import convergence_table, manifest_rows, status_rows
 from harness.results import load_run
 
 __all__ = ["INSTALL_HINT", "ReportUnavailable", "write_report"]
@@ -106,8 +106,7 @@ def write_report(run_dir, loaded=None) -> Path:
             "over its cells that agree). 'vs oracle' names seeds only the backend learned (+) "
             "or only the oracle learned (-).", images,
             ((header, orows, ""),
-             (CONV_HEADER, [convergence_row(c) for c in conv if c.backend != "oracle"],
-              "every backend x level x arch x gate"))))
+             (*convergence_table(conv), "every backend x level x arch x gate"))))
         if len(seeds) > 1:
             sections.append(Section(
                 "Learned seeds",

@@ -393,7 +393,8 @@ def fig_learned_map(plt, smap: analysis.SeedMap):
         rgb[i, differs] = red
     fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.17 * len(rows)))
     ax.imshow(rgb, aspect="auto", interpolation="nearest")
-    ax.set_yticks(range(len(rows)), [f"{r.backend} {r.level} · {r.arch} {r.gate}" for r in rows],
+    ax.set_yticks(range(len(rows)), [" ".join(x for x in (r.backend, r.level, "·", r.arch, r.gate,
+                                                           r.settings) if x) for r in rows],
                   fontsize=7)
     for i in range(1, len(rows)):
         if (rows[i].arch, rows[i].gate) != (rows[i - 1].arch, rows[i - 1].gate):
