@@ -35,11 +35,13 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from harness import oracle, registry
 from harness.compare import NoTolerance, relative_deviation, tolerance
-from harness.records import Record, Status
+from harness.records import Record, Status, same_curve
 from harness.registry import cell_order
-from harness.tasks import (CELL_FIELDS, GRADIENT_LEVELS, HYPERPARAMETERS,
+from harness.tasks import (AXES, CELL_FIELDS, GRADIENT_LEVELS, HYPERPARAMETERS,
                            NOT_LINEARLY_SEPARABLE, OPTIMIZERS)
 
 Z95 = 1.959963984540054
@@ -84,7 +86,7 @@ def mode_comparison(records: list[Record]) -> list[ModeComparison]:
     out = []
     for (backend, dtype, mode), pairs in groups.items():
         devs = [relative_deviation(r.params_final, e.params_final) for r, e in pairs]
-        same = sum(r.params_final == e.params_final and r.loss_curve == e.loss_curve
+        same = sum(r.params_final == e.params_final and same_curve(r.loss_curve, e.loss_curve)
                    for r, e in pairs)
         per_epoch = [(r.seconds or 0.0) / r.epochs for r, _ in pairs]
         eager_per_epoch = [(e.seconds or 0.0) / e.epochs for _, e in pairs]
@@ -246,6 +248,15 @@ class Convergence:
     # Seeds this backend learned and the oracle did not, and the reverse.
     only_backend: tuple[int, ...]
     only_oracle: tuple[int, ...]
+    # The other crossed axes that vary between the run's cells (optimizer,
+    # mode), as (axis, value): a row is one family of cells over its seeds,
+    # so a seed is never counted twice.  () for the oracle's rows (its rule
+    # is the level) and where nothing else varies.
+    settings: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def setting_text(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.settings)
 
     @property
     def fraction(self) -> float:
@@ -256,40 +267,105 @@ class Convergence:
         return bool(self.only_backend or self.only_oracle)
 
 
+@dataclass(frozen=True, eq=False)
+class SeedRow:
+    """One row of the learned map: a backend x level x arch x gate, or the
+    oracle's rule (backend ``oracle``) on an arch x gate, over the run's seeds."""
+
+    backend: str
+    level: str
+    arch: str
+    gate: str
+    settings: str  # Convergence.setting_text of the row
+    # Per seed of SeedMap.seeds: 1 learned, 0 not learned, -1 no ok cell.
+    learned: np.ndarray
+    # Per seed: the row's learned flag differs from the oracle's trajectory
+    # from the same initial parameters (always False in the oracle's rows).
+    differs: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class SeedMap:
+    """Which seeds each row learned: the data of the report's learned map
+    (one small array per row, not a record per seed)."""
+
+    seeds: np.ndarray  # every seed with an ok cell, ascending
+    rows: tuple[SeedRow, ...]  # the oracle's rows first, then cell order
+
+
+# The oracle solves this many records' trajectories at a time: each chunk's
+# trajectories are reduced to what convergence needs (learned, and when)
+# before the next, so a sweep's trajectories are never all in memory.
+SOLVE_CHUNK = 4096
+
+
+def _solved(problems: list) -> list[tuple[bool, int | None]]:
+    """Each problem's (learned, learned_epoch), solved ``SOLVE_CHUNK`` at a time."""
+    out: list[tuple[bool, int | None]] = []
+    for i in range(0, len(problems), SOLVE_CHUNK):
+        out += [(t.learned, t.learned_epoch) for t in oracle.solve(problems[i:i + SOLVE_CHUNK])]
+    return out
+
+
 def convergence(records: list[Record]) -> list[Convergence]:
     """Per backend x level x arch x gate; the oracle's own rows come first, as
     backend ``oracle`` with its rule as level (``gradient`` for raw, module
     and optimizer, which share a trajectory), over the seeds any backend ran."""
+    return convergence_and_seeds(records)[0]
+
+
+def convergence_and_seeds(records: list[Record]) -> tuple[list[Convergence], SeedMap]:
+    """``convergence`` and the seed-by-seed map it is computed from."""
     ok = sorted((r for r in records if r.status == Status.OK), key=cell_order)
-    pairs = list(zip(ok, oracle.solve([oracle.Problem.of(r) for r in ok])))
-    # A cell explained by a variant is compared with the variant's outcome.
-    explained = [r for r in ok if r.explained_by]
-    variant = dict(zip(map(id, explained), oracle.solve(
-        [oracle.Problem.of(r, tuple(_atoms(r))) for r in explained])))
+    # Per ok record: the oracle's (learned, learned_epoch) from its start.
+    verdicts = _solved([oracle.Problem.of(r) for r in ok])
+    # A cell explained by a variant is compared with the variant's outcome
+    # (its textbook verdict still feeds the oracle's own rows).
+    explained = [i for i, r in enumerate(ok) if r.explained_by]
+    variant = dict(zip(explained, _solved(
+        [oracle.Problem.of(ok[i], tuple(_atoms(ok[i]))) for i in explained])))
+    # Settings other than the row's own that vary between cells (a crossed
+    # optimizer or mode): each value is a row of its own.
+    varying = [f for f, axis in AXES if axis.crossed
+               and f not in ("backend", "level", "arch", "gate", "seed")
+               and len({getattr(r.cell, f) for r in ok}) > 1]
     groups: dict[tuple, list] = {}
-    for r, t in pairs:
-        groups.setdefault((r.backend, r.level, r.arch, r.gate), []).append(
-            (r, variant.get(id(r), t)))
     ref: dict[tuple, dict] = {}
-    for r, t in pairs:
+    for i, (r, t) in enumerate(zip(ok, verdicts)):
+        settings = tuple((f, getattr(r.cell, f)) for f in varying)
+        groups.setdefault((r.backend, r.level, r.arch, r.gate, settings), []).append(
+            (r, variant.get(i, t)))
         ref.setdefault((oracle.rule_of(r.level, r.optimizer), r.arch, r.gate), {}).setdefault(
             r.seed, t)
-    out = []
+    seeds = np.array(sorted({r.seed for r in ok}), dtype=np.int64)
+    column = {int(s): i for i, s in enumerate(seeds)}
+    out, rows = [], []
     for (level, arch, gate), by_seed in ref.items():
-        epochs = [t.learned_epoch for t in by_seed.values() if t.learned]
+        epochs = [epoch for learned, epoch in by_seed.values() if learned]
         k = len(epochs)
         out.append(Convergence("oracle", level, arch, gate, len(by_seed), k, *wilson(k, len(by_seed)),
                                statistics.median(epochs) if epochs else None, k, (), ()))
-    for (backend, level, arch, gate), group in groups.items():
+        flags = np.full(len(seeds), -1, dtype=np.int8)
+        for seed, (learned, _) in by_seed.items():
+            flags[column[seed]] = learned
+        rows.append(SeedRow("oracle", level, arch, gate, "", flags, np.zeros(len(seeds), bool)))
+    for (backend, level, arch, gate, settings), group in groups.items():
         learned = {r.seed for r, _ in group if r.learned}
-        by_oracle = {r.seed for r, t in group if t.learned}
+        by_oracle = {r.seed for r, (t_learned, _) in group if t_learned}
         epochs = [r.learned_epoch for r, _ in group if r.learned_epoch is not None]
         out.append(Convergence(backend, level, arch, gate, len(group), len(learned),
                                *wilson(len(learned), len(group)),
                                statistics.median(epochs) if epochs else None, len(by_oracle),
                                tuple(sorted(learned - by_oracle)),
-                               tuple(sorted(by_oracle - learned))))
-    return out
+                               tuple(sorted(by_oracle - learned)), settings))
+        flags = np.full(len(seeds), -1, dtype=np.int8)
+        differs = np.zeros(len(seeds), bool)
+        for r, _ in group:
+            flags[column[r.seed]] = bool(r.learned)
+        for seed in learned ^ by_oracle:
+            differs[column[seed]] = True
+        rows.append(SeedRow(backend, level, arch, gate, out[-1].setting_text, flags, differs))
+    return out, SeedMap(seeds, tuple(rows))
 
 
 # ------------------------------------------------------------------- findings
@@ -350,7 +426,8 @@ def findings(records: list[Record], conv: list[Convergence] | None = None,
             out.append(Finding(IMPOSSIBLE, *where(r), r))
     for c in conv if conv is not None else convergence(records):
         if c.differs:
-            out.append(Finding(LEARNED_SET, f"{c.backend} {c.level}", f"{c.arch} {c.gate}", c))
+            out.append(Finding(LEARNED_SET, f"{c.backend} {c.level}",
+                               " ".join(x for x in (c.arch, c.gate, c.setting_text) if x), c))
     return out
 
 

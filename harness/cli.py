@@ -330,18 +330,21 @@ def cmd_gradcheck(args) -> int:
 def cmd_report(args) -> int:
     from harness.report import ReportUnavailable, write_report
     from harness.report.figures import pyplot
-    from harness.results import load_run
+    from harness.results import folder_state, load_run
 
     run_dir = Path(args.dir)
     # Everything that can refuse is checked before the lock file is created.
-    load_run(run_dir)
+    state = folder_state(run_dir)
+    loaded = load_run(run_dir)
     try:
         pyplot()
     except ReportUnavailable as exc:
         raise UsageError(str(exc)) from None
     with RunLock(run_dir) as lock:  # a run or resume writing this folder has it
         lock.claim(sys.argv)
-        print(f"report: {write_report(run_dir)}")
+        # Read once, not twice (a sweep takes seconds to read), unless a run
+        # wrote the folder between the read and the lock.
+        print(f"report: {write_report(run_dir, loaded if folder_state(run_dir) == state else None)}")
     return 0
 
 

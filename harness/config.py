@@ -26,8 +26,10 @@ from harness import registry
 from harness.tasks import AXES, GATES, HPARAM_DEFAULTS, HYPERPARAMETERS, OPTIMIZERS, Axis
 
 # key: (default, help).  timeout: seconds per cell before it is killed
-# (None: no limit); repeat: runs per cell; executor, scheduler: where cells
-# run (harness.runner.start_executor), which never changes a record.
+# (None: no limit); repeat: runs per cell; curves: where loss curves are
+# stored (``curves_mode``, harness.results), which changes the files, never
+# a value; executor, scheduler: where cells run
+# (harness.runner.start_executor), which never changes a record.
 RUN_OPTIONS: dict[str, tuple[Any, str]] = {
     "out": (None, "run folder (default results/<UTC timestamp>/)"),
     "timeout": (None, "seconds per cell; a cell past it is killed and recorded as `timeout` "
@@ -38,12 +40,21 @@ RUN_OPTIONS: dict[str, tuple[Any, str]] = {
                            "one batched computation where the backend has a batched form of "
                            "the level; the rest run per seed, and the run says which (default: "
                            "per seed, the canonical records)"),
+    "curves": ("auto", "where loss curves are stored: inline (in results.jsonl), file "
+                       "(curves.f64 beside it, results.jsonl holding references) or auto "
+                       "(file when the run has more than 100 seeds; the default)"),
     "executor": ("local", "where cells run: local (worker processes on this machine, the "
                           "default) or dask (a Dask cluster; needs the dask extra)"),
     "scheduler": (None, "with --executor dask: address of a running Dask scheduler, e.g. "
                         "tcp://HOST:8786 (default: a LocalCluster on 127.0.0.1)"),
 }
 EXECUTORS = ("local", "dask")
+CURVES = ("inline", "file", "auto")
+# --curves auto stores a run's curves in curves.f64 above this many seeds:
+# below it results.jsonl stays one self-contained file, as it always was
+# (the default matrix's, byte for byte); above it inline curves make the
+# file large (~20 KB per 1000-update record) and slow to read.
+AUTO_FILE_SEEDS = 100
 # [scheme://]host:port, host a name, an IPv4 address or a bracketed IPv6 one.
 _ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?(?:\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}")
 KEYS = (*(axis.key for _, axis in AXES), *RUN_OPTIONS)
@@ -242,6 +253,13 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     if not isinstance(raw["batch_seeds"], bool):
         raise ConfigError(f"Invalid batch_seeds {raw['batch_seeds']!r}. Expected true or false.")
     cfg["batch_seeds"] = raw["batch_seeds"]
+    if not isinstance(raw["curves"], str):
+        raise ConfigError(f"Invalid curves {raw['curves']!r}. Expected a string, one of "
+                          f"{{{', '.join(CURVES)}}}.")
+    try:
+        cfg["curves"] = registry.check_choice("curves", raw["curves"], CURVES)
+    except registry.UnknownChoice as exc:
+        raise ConfigError(str(exc)) from None
     cfg.update(executor_settings(raw["executor"], raw["scheduler"]))
     runs = cfg["repeat"]
     for _, axis in AXES:
@@ -283,6 +301,16 @@ def check_recipe(cfg: dict[str, Any]) -> None:
             if size > rows:
                 raise ConfigError(f"Invalid batch_size {size!r}: gate {gate!r} has {rows} rows. "
                                   f"Expected 1 to {rows} with these gates (default: all rows).")
+
+
+def curves_mode(cfg: dict[str, Any]) -> str:
+    """Where a resolved config's run stores its curves: ``inline`` or
+    ``file`` (``auto``: file above AUTO_FILE_SEEDS seeds).  A config from
+    before the setting existed has no ``curves`` key and means auto."""
+    mode = cfg.get("curves", "auto")
+    if mode == "auto":
+        return "file" if len(cfg["seeds"]) > AUTO_FILE_SEEDS else "inline"
+    return mode
 
 
 def executor_settings(executor: Any, scheduler: Any) -> dict[str, Any]:

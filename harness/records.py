@@ -10,6 +10,17 @@
   under an older version, one version at a time, in one place
   (``upgrade``).  A key the current schema does not know is an error, never
   silently dropped.
+* Loss curves (schema 5) live in one of two places.  Inline, ``loss_curve``
+  is a JSON list in the record's line (NaN and infinities written as null)
+  and a Python list in memory.  In the run's curves file, ``curves.f64``
+  beside results.jsonl (``--curves file``), the line holds a reference
+  ``{"file": "curves.f64", "offset": K, "length": N}``: the curve is the N
+  little-endian float64 values starting at value K (offset counted in
+  values, not bytes), exact, NaN and infinities included; in memory it is
+  a read-only float64 array, a view of the memory-mapped file, so a curve
+  is read from disk only where something looks at it.  Code that reads
+  curves takes both (``curve_values``, ``same_curve``); ``harness.results``
+  reads and writes the file.
 """
 from __future__ import annotations
 
@@ -22,6 +33,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from harness.tasks import (AXES, CELL_FIELDS, GATES, GRADIENT_LEVELS, Cell, n_inputs,
                            param_shapes, reads_cell_fields, updates)
 
@@ -33,7 +46,16 @@ from harness.tasks import (AXES, CELL_FIELDS, GATES, GRADIENT_LEVELS, Cell, n_in
 # 4: the recipe: cell fields optimizer, hparams, momentum, beta1, beta2, eps,
 #    rho, weight_decay, batch_size, reduction; record fields hparams_used,
 #    rule, explained_by, unjudged, horizon.
-SCHEMA_VERSION = 4
+# 5: loss_curve may be a reference into the run's curves file (CURVES_FILE)
+#    instead of an inline list; nothing else changed.
+SCHEMA_VERSION = 5
+
+# The run's curves file (schema 5): every stored curve's values, little-endian
+# float64, one after another; a record's reference names it, its first value
+# and its number of values.
+CURVES_FILE = "curves.f64"
+CURVE_DTYPE = np.dtype("<f8")
+CURVE_REF_KEYS = ("file", "offset", "length")
 
 
 class Status(enum.StrEnum):
@@ -80,7 +102,10 @@ class Record:
     accuracy: float | None = None
     learned: bool | None = None
     loss_final: float | None = None
-    loss_curve: list[float] | None = None
+    # A list (inline; NaN and infinities read back as None) or a read-only
+    # float64 array (stored in the run's curves file, or handed over as an
+    # array by a batch): see the module docstring.
+    loss_curve: list[float] | np.ndarray | None = None
     seconds: float | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The hyperparameters in effect (lr first), read back from the
@@ -192,6 +217,8 @@ def _describe(hint) -> str:
                            if args else "")
     if origin is dict or hint is dict:
         return "a mapping" + (" of names to nested lists" if args and args[1] is list else "")
+    if hint is np.ndarray:  # on disk, a stored curve is its reference
+        return REF_DESCRIPTION
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
             Any: "any value"}.get(hint, str(hint))
 
@@ -199,25 +226,45 @@ def _describe(hint) -> str:
 def _conforms(value: Any, hint, in_list: bool = False) -> bool:
     """Whether a decoded JSON value has the annotated type (bool is not a
     number, a float is not an integer; a number in a list may be null)."""
+    test = _TESTS.get(hint)
+    if test is None:
+        test = _TESTS[hint] = _test(hint)
+    return test(value, in_list)
+
+
+# hint -> its test, built once: reading the annotations again for every
+# field of every record made the loader spend most of its time in typing.
+_TESTS: dict[Any, Callable[[Any, bool], bool]] = {}
+
+
+def _test(hint) -> Callable[[Any, bool], bool]:
+    """``_conforms`` for one annotation, as a function of (value, in_list)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        return any(_conforms(value, h, in_list) for h in args)
+        parts = [_test(h) for h in args]
+        return lambda v, in_list: any(part(v, in_list) for part in parts)
     if hint is Any:
-        return True
+        return lambda v, in_list: True
     if hint is type(None):
-        return value is None
+        return lambda v, in_list: v is None
+    if hint is np.ndarray:  # a curve in memory: read from the curves file, or a batch's
+        return lambda v, in_list: (isinstance(v, np.ndarray) and v.ndim == 1
+                                   and v.dtype == np.float64)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return type(value) is str and value in {m.value for m in hint}
+        values = frozenset(m.value for m in hint)
+        return lambda v, in_list: type(v) is str and v in values
     if hint is float:
-        return type(value) in (int, float) or (in_list and value is None)
+        return lambda v, in_list: type(v) is float or type(v) is int or (in_list and v is None)
     if hint in (int, str, bool):
-        return type(value) is hint
+        return lambda v, in_list: type(v) is hint
     if origin is list or hint is list:
-        return type(value) is list and (not args or all(_conforms(v, args[0], True)
-                                                        for v in value))
+        item = _test(args[0]) if args else None
+        return lambda v, in_list: type(v) is list and (item is None
+                                                      or all(item(x, True) for x in v))
     if origin is dict or hint is dict:
-        return type(value) is dict and all(type(k) is str for k in value) and (
-            not args or all(_conforms(v, args[1]) for v in value.values()))
+        value = _test(args[1]) if args else None
+        return lambda v, in_list: (type(v) is dict and all(type(k) is str for k in v) and (
+            value is None or all(value(x, False) for x in v.values())))
     raise TypeError(f"no check for annotation {hint!r}")  # a new field type: add it here
 
 
@@ -227,6 +274,40 @@ def _shaped(value: Any, shape: tuple[int, ...], nulls: bool) -> bool:
         return type(value) in (int, float) or (nulls and value is None)
     return (type(value) is list and len(value) == shape[0]
             and all(_shaped(v, shape[1:], nulls) for v in value))
+
+
+REF_DESCRIPTION = (f'a reference {{"file": "{CURVES_FILE}", "offset": K, "length": N}} '
+                   "(K and N integers >= 0)")
+
+
+def is_curve_ref(value: Any) -> bool:
+    """Whether a loss_curve value is the on-disk reference form (a mapping)."""
+    return isinstance(value, dict)
+
+
+def _valid_ref(value: dict) -> bool:
+    """The reference's form: exactly its three keys, the run's own curves
+    file (never a path: a record cannot point outside its folder), and
+    integer offset and length >= 0."""
+    return (list(value) == list(CURVE_REF_KEYS) and value["file"] == CURVES_FILE
+            and all(type(value[k]) is int and value[k] >= 0 for k in ("offset", "length")))
+
+
+def curve_values(curve) -> np.ndarray:
+    """A loss curve, inline list or stored array, as float64 values (None,
+    the inline form of NaN and the infinities, as NaN).  A stored curve is
+    returned as it is: read-only, not copied."""
+    if isinstance(curve, np.ndarray):
+        return curve
+    return np.array([np.nan if v is None else v for v in curve], dtype=np.float64)
+
+
+def same_curve(a, b) -> bool:
+    """Whether two loss curves, in either form, hold the same values (None
+    and NaN alike, as list equality treats two inline nulls)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return a == b
+    return np.array_equal(curve_values(a), curve_values(b), equal_nan=True)
 
 
 def check(d: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +320,10 @@ def check(d: dict[str, Any]) -> dict[str, Any]:
     for name, value in d.items():
         if name not in _HINTS:
             raise ValueError(f"unknown field {name!r}")
-        if not _conforms(value, _HINTS[name]):
+        if name == "loss_curve" and is_curve_ref(value):
+            if not _valid_ref(value):
+                raise bad(name, _describe(_HINTS[name]))
+        elif not _conforms(value, _HINTS[name]):
             raise bad(name, _describe(_HINTS[name]))
     # The cell: the values its axes allow (any backend name: a folder may
     # come from a machine with other backends registered).
@@ -280,10 +364,22 @@ def check(d: dict[str, Any]) -> dict[str, Any]:
     rows = len(GATES[cell.gate])
     for name, length in (("probs", rows), ("preds", rows), ("loss_curve", updates(cell))):
         value = d.get(name)
-        if value is not None and (len(value) != length or not all(
-                _shaped(v, (), nulls and name in _NUMBER_LISTS) for v in value)):
+        if value is None:
+            continue
+        if is_curve_ref(value):
+            # Its values are in the curves file: the loader maps them, and
+            # never reads them all to check them (a sweep's file is large);
+            # their count is checked here, their presence by the loader.
+            fits = value["length"] == length
+        elif isinstance(value, np.ndarray):
+            fits = len(value) == length and (nulls or bool(np.isfinite(value).all()))
+        else:
+            fits = len(value) == length and all(
+                _shaped(v, (), nulls and name in _NUMBER_LISTS) for v in value)
+        if not fits:
             raise bad(name, f"a list of {length} {'integers' if name == 'preds' else 'numbers'}"
-                            f" for this cell")
+                            f" for this cell" + (" (or a reference to as many values)"
+                                                 if name == "loss_curve" else ""))
     if status == "ok" and d.get("loss_final") is None:
         raise bad("loss_final", "a number in a record with status 'ok'")
     for name in ("first_departure", "learned_epoch", "diverged_epoch", "horizon"):
@@ -347,10 +443,17 @@ def _v3_to_v4(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _v4_to_v5(rec: dict[str, Any]) -> dict[str, Any]:
+    # Schema 5 only allows loss_curve to be a reference into the curves
+    # file; every record written before holds its curve inline, as before.
+    return rec
+
+
 # version -> function upgrading one record dict from it to version + 1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2,
                                                                      2: _v2_to_v3,
-                                                                     3: _v3_to_v4}
+                                                                     3: _v3_to_v4,
+                                                                     4: _v4_to_v5}
 
 
 def upgrade(rec: dict[str, Any], version: int) -> dict[str, Any]:

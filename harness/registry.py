@@ -95,7 +95,14 @@ def cell_order(item) -> tuple:
     """Sort key of a Cell or Record: backend in registration order (unknown
     ones last, by name), level, arch and gate in declaration order, then
     seed and the remaining fields (None before any number)."""
-    cell = getattr(item, "cell", item)
+    return _cell_key(getattr(item, "cell", item), len(BACKENDS))
+
+
+# Cached per cell (and number of registered backends, which only a test
+# changes): the report and the summary sort a sweep's 30,000 records a
+# dozen times, and building the key was most of their time.
+@functools.lru_cache(maxsize=1 << 17)
+def _cell_key(cell, _registered: int) -> tuple:
     return (_index(cell.backend, list(BACKENDS)), cell.backend, _index(cell.level, LEVELS),
             _index(cell.arch, ARCHS), _index(cell.gate, list(GATES)), cell.seed,
             *((v is not None, v) for v in (getattr(cell, f) for f in _REST)))

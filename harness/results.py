@@ -1,15 +1,28 @@
-"""Records and run folders: results.jsonl, results.csv, manifest.json.
+"""Records and run folders: results.jsonl, curves.f64, results.csv, manifest.json.
 
 * results.jsonl: one strict-JSON object per cell (NaN and infinities are
   written as null), appended and flushed as each cell finishes.
+* curves.f64 (schema 5, ``--curves file``; ``auto`` above 100 seeds): the
+  loss curves, little-endian float64, appended in the order cells finish;
+  a record's ``loss_curve`` is then ``{"file": "curves.f64", "offset": K,
+  "length": N}`` (K counted in values).  A curve's values are written, and
+  synced, before the line that refers to them, so every reference a
+  reader meets is to values already there; bytes no record refers to (a
+  curve whose line was never written, the room a killed run had reserved
+  at the end) are ignored.  A reference past the file's end is refused.
+  Without it, every curve is inline, as in schema 4.
 * results.csv: one row per cell; nested values (parameters, curves) are JSON
-  strings so a spreadsheet or pandas reads the file directly.
+  strings so a spreadsheet or pandas reads the file directly (a stored
+  curve is its reference there too).
 * manifest.json: schema version (``harness.records``), time, command line, resolved config,
   machine, package versions, git commit; at the end of a run, its timing.
 
 CSV and manifest are written atomically (temporary file, then rename) so a
-reader never sees half a file.  ``load_run`` is the one loader: it validates
-a folder and upgrades what an older harness wrote (``harness.records``).
+reader never sees half a file.  ``iter_records`` is the one reader: it
+validates a folder record by record and upgrades what an older harness
+wrote (``harness.records``), holding one line at a time and each stored
+curve as a view of the memory-mapped curves file; ``load_run`` is the list
+of it, for callers that need every record at once.
 
 A run folder is untrusted input: the loader checks every record field by
 field and the manifest key by key, refuses JSON nested deeper than
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as _dt
 import errno
 import fcntl
@@ -35,12 +49,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from harness.records import (RECORD_FIELDS, SCHEMA_VERSION, Record, Status,  # noqa: F401
-                             _short, check, upgrade)
+from harness.records import (CURVE_DTYPE, CURVES_FILE, RECORD_FIELDS,  # noqa: F401
+                             SCHEMA_VERSION, Record, Status, _short, check, curve_values,
+                             is_curve_ref, upgrade)
 from harness.registry import cell_order
 from harness.tasks import Cell
 
@@ -91,9 +106,18 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     written through; rename then replaces a link at ``path`` itself, not
     its target.  On any failure the temporary file is removed and the old
     file is left as it was; an OSError becomes CannotWrite."""
+    atomic_write_chunks(path, (data,))
+
+
+# Streamed writes are gathered into pieces of this size: one system call
+# per piece instead of one per line of a 30,000-line table.
+_PIECE = 1 << 20
+
+
+def atomic_write_chunks(path: Path, chunks) -> None:
+    """``atomic_write`` of the concatenation of ``chunks`` (str or bytes,
+    from any iterable, e.g. a generator of lines), never all in memory."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -101,7 +125,13 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     try:
         try:
             os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from other users
-            _write_all(fd, data)
+            piece = bytearray()
+            for chunk in chunks:
+                piece += chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+                if len(piece) >= _PIECE:
+                    _write_all(fd, piece)
+                    piece.clear()
+            _write_all(fd, piece)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -114,35 +144,248 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+# ---------------------------------------------------------------- curves file
+#
+# A stored curve in memory is a view of a read-only memory map of the
+# run's curves.f64: the writer's (CurveFile) or the reader's (_CurveMap).
+# Which values it is follows from the view itself (its address within the
+# map, and the map's file), so a record carries no extra bookkeeping and a
+# rewrite of results.jsonl (sorting, --resume) writes the same reference
+# again: a curve already in the file is never copied.
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def stored_ref(curve: Any, run_dir: Path) -> dict[str, Any] | None:
+    """The reference of a curve held in ``run_dir``'s curves file (a view of
+    one of its memory maps), or None for any other curve (a list, an array
+    a batch handed over, a view of another folder's file)."""
+    if (not isinstance(curve, np.ndarray) or curve.ndim != 1 or curve.dtype != CURVE_DTYPE
+            or not curve.flags.c_contiguous or not len(curve)):
+        return None
+    root, base = None, curve
+    while isinstance(base, np.ndarray):  # a view of a view of ... the map itself
+        if isinstance(base, np.memmap) and not isinstance(base.base, np.ndarray):
+            root = base
+        base = base.base
+    if root is None or root.filename is None or _real(root.filename) != _real(
+            Path(run_dir) / CURVES_FILE):
+        return None
+    start = curve.ctypes.data - root.ctypes.data + root.offset
+    if start % CURVE_DTYPE.itemsize:
+        return None
+    return {"file": CURVES_FILE, "offset": start // CURVE_DTYPE.itemsize, "length": len(curve)}
+
+
+def disk_dict(record: Record, run_dir: Path | None) -> dict[str, Any]:
+    """A record's flat form as written to results.jsonl and results.csv: a
+    curve held in ``run_dir``'s curves file as its reference, any other
+    curve inline (an array as its list: NaN and infinities become null)."""
+    d = record.to_dict()
+    curve = d["loss_curve"]
+    if isinstance(curve, np.ndarray):
+        ref = stored_ref(curve, run_dir) if run_dir is not None else None
+        d["loss_curve"] = ref if ref is not None else curve.tolist()
+    return d
+
+
+def _nofollow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+class CurveFile:
+    """The writing side of a run's curves.f64: ``append`` writes a curve's
+    values at the end of the data and returns their offset (in values) and
+    a read-only view of them in the file's memory map.
+
+    The file grows ahead of the data (ftruncate, a sparse region that costs
+    no disk) in steps that double from 64 KiB to 8 MiB, and each step is
+    mapped once: a run of 30,000 curves keeps a few dozen maps, not one per
+    curve, and holds its curves in the page cache, not in its own memory.
+    ``close`` cuts the file back to the data.  A run killed before that
+    leaves the reserved region (zeros no record refers to); the next writer
+    starts after it, never over a byte already in the file.  Opened without
+    following a link."""
+
+    GROW_MIN = 1 << 16
+    GROW_MAX = 1 << 23
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / CURVES_FILE
+        try:
+            # r+b: read and write without O_APPEND, under which Linux's
+            # pwrite ignores its offset; created when missing.
+            self._fh = open(self.path, "r+b", buffering=0,
+                            opener=lambda p, f: _nofollow(p, f | os.O_CREAT))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RunFolderError(f"{self.path}: a symbolic link; the harness neither reads "
+                                     "nor writes run files through links. Remove it.") from None
+            raise CannotWrite(self.path, exc) from None
+        size = os.fstat(self._fh.fileno()).st_size
+        if not stat.S_ISREG(os.fstat(self._fh.fileno()).st_mode):
+            self._fh.close()
+            raise RunFolderError(f"{self.path}: not a regular file.")
+        item = CURVE_DTYPE.itemsize
+        self.end = -(-size // item) * item  # bytes of data; a torn value is left alone
+        self.size = size
+        self._map: np.ndarray | None = None
+        self._map_start = self._map_stop = 0
+
+    def append(self, values) -> tuple[int, np.ndarray]:
+        data = np.ascontiguousarray(values, dtype=CURVE_DTYPE)
+        start, stop = self.end, self.end + data.nbytes
+        if stop > self.size:
+            self._grow(stop)
+        try:
+            view = memoryview(data).cast("B")
+            at = start
+            while view:
+                n = os.pwrite(self._fh.fileno(), view, at)
+                view, at = view[n:], at + n
+        except OSError as exc:
+            raise CannotWrite(self.path, exc) from None
+        self.end = stop
+        return start // CURVE_DTYPE.itemsize, self._view(start, len(data))
+
+    def _grow(self, stop: int) -> None:
+        step = min(max(self.size, self.GROW_MIN), self.GROW_MAX)
+        size = max(stop, self.size + step)
+        size += -size % CURVE_DTYPE.itemsize
+        try:
+            os.ftruncate(self._fh.fileno(), size)
+        except OSError as exc:
+            # No room to reserve (a file-size limit): reserve nothing, so
+            # that a curve that fits is still written.
+            try:
+                os.ftruncate(self._fh.fileno(), size := stop)
+            except OSError:
+                raise CannotWrite(self.path, exc) from None
+        self.size = size
+        self._map = None  # the old map ends where the file did
+
+    def _view(self, start: int, n: int) -> np.ndarray:
+        if not n:
+            out = np.empty(0, dtype=CURVE_DTYPE)
+            out.flags.writeable = False
+            return out
+        stop = start + n * CURVE_DTYPE.itemsize
+        if self._map is None or not self._map_start <= start < stop <= self._map_stop:
+            # From this curve to the end of the reserved region: the curves
+            # appended until the next growth are views of this one map.
+            length = (self.size - start) // CURVE_DTYPE.itemsize
+            self._map = np.memmap(self._fh, dtype=CURVE_DTYPE, mode="r", offset=start,
+                                  shape=(length,))
+            self._map_start, self._map_stop = start, start + length * CURVE_DTYPE.itemsize
+        i = (start - self._map_start) // CURVE_DTYPE.itemsize
+        return self._map[i:i + n]
+
+    def sync(self) -> None:
+        """Make the appended values durable before a line refers to them."""
+        try:
+            os.fdatasync(self._fh.fileno())
+        except OSError as exc:
+            raise CannotWrite(self.path, exc) from None
+
+    def rollback(self, end: int) -> None:
+        """Forget the values appended after byte ``end`` (their lines were
+        not written): the next curve goes there."""
+        self.end = end
+
+    def close(self) -> None:
+        if self._fh.closed:
+            return
+        if self.size > self.end:
+            # Only the reserved region, which no view reaches, goes; a
+            # failure leaves zeros no record refers to.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fh.fileno(), self.end)
+        self._fh.close()
+
+    def __enter__(self) -> "CurveFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _place(record: Record, curves: CurveFile | None, run_dir: Path) -> Record:
+    """The record with its curve in the curves file (when there is one to
+    write to): a curve already there stays where it is."""
+    curve = record.loss_curve
+    if curves is None or curve is None or stored_ref(curve, run_dir) is not None:
+        return record
+    _, view = curves.append(curve_values(curve))
+    return dataclasses.replace(record, loss_curve=view)
+
+
+CURVE_MODES = ("inline", "file")
+
+
 class RecordWriter:
     """Appends one JSON line per record and flushes it, so a crash loses at
     most the line being written.  A write that fails (disk full) is cut back
     to the last whole line and raises CannotWrite: every record already in
     the file stays readable, and ``--resume`` runs the rest.  The file is
-    opened without following a link."""
+    opened without following a link.
 
-    def __init__(self, path: Path):
-        self.path = path
+    ``curves``: ``inline`` writes each curve into its line (an array as its
+    list); ``file`` appends it to curves.f64 first (``CurveFile``: written
+    and synced before the line that refers to it) and writes the reference.
+    Either way a curve already in this folder's curves.f64 is written as its
+    reference.  A record's curve may be a list or a float64 array.
+    ``write`` and ``write_many`` return the records as stored: with
+    ``file``, each curve is then a read-only view of curves.f64, so a caller
+    that keeps these instead of the records it handed over keeps no curve
+    in memory."""
+
+    def __init__(self, path: Path, curves: str = "inline"):
+        if curves not in CURVE_MODES:
+            raise ValueError(f"curves {curves!r}, expected one of {CURVE_MODES}")
+        self.path = Path(path)
+        self.run_dir = self.path.parent
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                                | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise CannotWrite(path, exc) from None
+        self._curves = None
+        if curves == "file":
+            try:
+                self._curves = CurveFile(self.run_dir)
+            except BaseException:
+                os.close(self._fd)
+                raise
 
-    def write(self, record: Record) -> None:
-        line = (dumps(record.to_dict()) + "\n").encode("utf-8")
+    def write(self, record: Record) -> Record:
+        return self.write_many([record])[0]
+
+    def write_many(self, records: list[Record]) -> list[Record]:
+        """Append records (e.g. a batch of seeds) with one sync of each file."""
+        mark = self._curves.end if self._curves else 0
         end = os.fstat(self._fd).st_size
         try:
-            _write_all(self._fd, line)
+            stored = [_place(r, self._curves, self.run_dir) for r in records]
+            if self._curves and self._curves.end != mark:
+                self._curves.sync()  # the values are on disk before a line refers to them
+            lines = "".join(dumps(disk_dict(r, self.run_dir)) + "\n" for r in stored)
+            _write_all(self._fd, lines.encode("utf-8"))
             os.fsync(self._fd)
         except BaseException as exc:  # Ctrl-C between two writes too: no half line stays
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, end)  # shrinking needs no space
+            if self._curves:
+                self._curves.rollback(mark)
             if isinstance(exc, OSError):
                 raise CannotWrite(self.path, exc) from None
             raise
+        return stored
 
     def close(self) -> None:
+        if self._curves:
+            self._curves.close()
         os.close(self._fd)
 
 
@@ -161,8 +404,8 @@ MAX_DEPTH = 16
 # The files a run folder's writers replace or append to.  A symbolic link at
 # one of these names is refused: writing through it would change a file
 # outside the folder.
-OUTPUT_NAMES = ("results.jsonl", "results.csv", "manifest.json", "report.html", "report.md",
-                ".lock")
+OUTPUT_NAMES = ("results.jsonl", CURVES_FILE, "results.csv", "manifest.json", "report.html",
+                "report.md", ".lock")
 
 
 def _depth(value: Any) -> int:
@@ -225,19 +468,62 @@ def _open_regular(path: Path, what: str):
             raise RunFolderError(f"{path}: cannot be read ({exc.strerror}).") from None
 
 
+class _CurveMap:
+    """The reading side of a run's curves.f64: mapped read-only, whole, when
+    the first record refers to it, and again if a reference reaches past
+    the map (a run still appending to it).  A record's curve is a view of
+    the map: nothing is read until something looks at the curve."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / CURVES_FILE
+        self.values: np.ndarray | None = None
+
+    def _map(self, where: str) -> None:
+        try:
+            # Opened by name (not from a descriptor) so that the map knows
+            # its file: stored_ref recognizes its views when the folder's
+            # tables are rewritten.
+            fh = open(self.path, "rb", opener=lambda p, f: _nofollow(p, f | os.O_NONBLOCK))
+        except FileNotFoundError:
+            raise RunFolderError(f"{self.path}: missing; {where} refers to it.") from None
+        except OSError as exc:
+            raise RunFolderError(f"{self.path}: cannot be read ({exc.strerror}).") from None
+        with fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise RunFolderError(f"{self.path}: not a regular file.")
+            n = st.st_size // CURVE_DTYPE.itemsize
+            try:
+                self.values = (np.memmap(fh, dtype=CURVE_DTYPE, mode="r", shape=(n,)) if n
+                               else np.empty(0, dtype=CURVE_DTYPE))
+            except OSError as exc:
+                raise RunFolderError(f"{self.path}: cannot be read ({exc.strerror}).") from None
+
+    def view(self, ref: dict[str, Any], where: str) -> np.ndarray:
+        k, n = ref["offset"], ref["length"]
+        if self.values is None or k + n > len(self.values):
+            self._map(where)
+        if k + n > len(self.values):
+            raise RunFolderError(
+                f"{self.path}: holds {len(self.values)} values, but {where} refers to values "
+                f"{k} to {k + n - 1}: the file is truncated, or not this run's.")
+        return self.values[k:k + n]
+
+
 def read_records(path: Path, version: int = SCHEMA_VERSION) -> list[Record]:
     """Read results.jsonl written under schema ``version``, upgraded to the
-    current one and validated field by field (``harness.records.check``).
-    A torn last line (no newline: the writer was killed mid-line) is
-    ignored; any other fault raises RunFolderError naming the line and the
-    field."""
+    current one and validated field by field (``harness.records.check``),
+    without judging; ``iter_records`` is the reader behind every command."""
+    path = Path(path)
     with _open_regular(path, "has no results") as fh:
-        return _records(path, version, fh)
+        return list(_records(path, version, fh, _CurveMap(path.parent)))
 
 
-def _records(path: Path, version: int, lines) -> list[Record]:
-    """The records of results.jsonl's lines (bytes, each with its newline)."""
-    records: list[Record] = []
+def _records(path: Path, version: int, lines, curves: _CurveMap) -> Iterator[Record]:
+    """The records of results.jsonl's lines (bytes, each with its newline),
+    one at a time.  A torn last line (no newline: the writer was killed
+    mid-line) is ignored; any other fault raises RunFolderError naming the
+    line and the field."""
     seen: dict[Cell, int] = {}
     for n, raw in enumerate(lines, 1):  # one line at a time: a run can be large
         if not raw.endswith(b"\n"):
@@ -255,16 +541,53 @@ def _records(path: Path, version: int, lines) -> list[Record]:
             raise RunFolderError(f"{path}:{n}: not a harness record (expected fields "
                                  f"{', '.join(REQUIRED_FIELDS)}).")
         try:
-            record = Record.from_dict(check(upgrade(rec, version)))
+            if version < 5 and is_curve_ref(rec.get("loss_curve")):
+                raise ValueError(f"field 'loss_curve' is {_short(rec['loss_curve'])}, expected a "
+                                 f"list of numbers (schema {version} has no {CURVES_FILE})")
+            d = check(upgrade(rec, version))
         except (TypeError, ValueError) as exc:
             raise RunFolderError(f"{path}:{n}: not a schema-{version} harness record: "
                                  f"{exc}.") from None
+        if is_curve_ref(d.get("loss_curve")):
+            d["loss_curve"] = curves.view(d["loss_curve"], f"{path}:{n}")
+        for name in _SHARED:  # one string object per value, not one per record
+            if type(d.get(name)) is str:
+                d[name] = sys.intern(d[name])
+        record = Record.from_dict(d)
         if record.cell in seen:
             raise RunFolderError(f"{path}:{n}: a second record of the cell on line "
                                  f"{seen[record.cell]}; a run has one record per cell.")
         seen[record.cell] = n
-        records.append(record)
-    return records
+        yield record
+
+
+# The string fields whose values repeat from record to record.
+_SHARED = (*(f for f in RECORD_FIELDS if f in Cell.__dataclass_fields__), "status",
+           "backend_version", "rule", "explained_by", "unjudged")
+
+# Records without verdicts (written before verdicts existed) are judged in
+# batches of this many: the oracle batches trajectories of one shape.
+JUDGE_BATCH = 1024
+
+
+def _judged(records: Iterable[Record]) -> Iterator[Record]:
+    """The records, in order, each ok one without a verdict judged."""
+    batch: list[Record] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= JUDGE_BATCH:
+            yield from _judge(batch)
+            batch = []
+    yield from _judge(batch)
+
+
+def _judge(batch: list[Record]) -> list[Record]:
+    todo = [i for i, r in enumerate(batch) if r.status == Status.OK and r.agrees is None]
+    if todo:
+        from harness.oracle import judge_all  # records from before verdicts existed
+        for i, judged in zip(todo, judge_all([batch[i] for i in todo])):
+            batch[i] = judged
+    return batch
 
 
 # manifest key: (expected type in words, check); keys not listed are kept as
@@ -310,11 +633,24 @@ def check_manifest(man: Any, path: Path) -> dict[str, Any]:
     return man
 
 
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
-    """(manifest, records) of a run folder, validated and upgraded to the
-    current schema (records without verdicts are judged here); the manifest
-    keeps the ``schema_version`` it was written with.  RunFolderError
-    otherwise: nothing is written before a folder has loaded."""
+def folder_state(run_dir: str | Path) -> tuple:
+    """What identifies the contents of a folder's record files (inode, size,
+    modification time of each): equal before and after, nothing wrote them."""
+    out = []
+    for name in ("manifest.json", "results.jsonl", CURVES_FILE):
+        try:
+            st = os.stat(Path(run_dir) / name, follow_symlinks=False)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's manifest, validated (``check_manifest``), after the
+    folder's own checks (a folder, no links where the harness writes);
+    RunFolderError otherwise."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"Run folder {str(run_dir)!r} does not exist or is not a folder.")
@@ -328,12 +664,33 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
         raise RunFolderError(f"{man_path}: not UTF-8 text (byte {exc.start + 1}).") from None
     except ValueError as exc:
         raise RunFolderError(f"{man_path}: {exc}.") from None
-    man = check_manifest(man, man_path)
-    records = read_records(run_dir / "results.jsonl", man["schema_version"])
-    if any(r.status == Status.OK and r.agrees is None for r in records):
-        from harness.oracle import judge_all  # records from before verdicts existed
-        records = judge_all(records)
-    return man, records
+    return check_manifest(man, man_path)
+
+
+def iter_records(run_dir: str | Path, version: int | None = None) -> Iterator[Record]:
+    """The records of a run folder, one at a time, in file order: each line
+    validated and upgraded to the current schema as it is read (a folder
+    that fails raises RunFolderError at the line at fault, so a caller that
+    must not write before the folder has loaded reads it to the end
+    first), records without verdicts judged in batches, and each stored
+    curve a read-only view of the memory-mapped curves.f64.  ``version``:
+    the manifest's schema_version (read from the manifest when None)."""
+    run_dir = Path(run_dir)
+    if version is None:
+        version = read_manifest(run_dir)["schema_version"]
+    path = run_dir / "results.jsonl"
+    with _open_regular(path, "has no results") as fh:
+        yield from _judged(_records(path, version, fh, _CurveMap(run_dir)))
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[Record]]:
+    """(manifest, records) of a run folder, validated and upgraded to the
+    current schema (records without verdicts are judged here); the manifest
+    keeps the ``schema_version`` it was written with.  RunFolderError
+    otherwise: nothing is written before a folder has loaded.  The list of
+    ``iter_records``: stored curves stay in the file until read."""
+    man = read_manifest(run_dir)
+    return man, list(iter_records(run_dir, man["schema_version"]))
 
 
 # --------------------------------------------------------------------- lock
@@ -434,25 +791,46 @@ class RunLock:
         self.release()
 
 
-def csv_text(records: list[Record]) -> str:
+def csv_rows(records: Iterable[Record], run_dir: Path | None = None) -> Iterator[str]:
+    """results.csv, a line at a time: the header, then one row per record
+    (``disk_dict``: a curve stored in ``run_dir``'s curves.f64 as its
+    reference)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
     writer.writeheader()
     for rec in records:
         row = {}
-        for key, value in strict(rec.to_dict()).items():
+        for key, value in strict(disk_dict(rec, run_dir)).items():
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, separators=(",", ":"))
             row[key] = "" if value is None else value
         writer.writerow(row)
-    return buf.getvalue()
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    yield buf.getvalue()
 
 
-def write_tables(run_dir: Path, records: list[Record]) -> list[Record]:
-    """Rewrite results.jsonl and results.csv sorted by cell, atomically."""
+def csv_text(records: list[Record], run_dir: Path | None = None) -> str:
+    return "".join(csv_rows(records, run_dir))
+
+
+def write_tables(run_dir: Path, records: list[Record], curves: str = "inline") -> list[Record]:
+    """Rewrite results.jsonl and results.csv sorted by cell, atomically,
+    streamed; return the records as written.  A curve already in the
+    folder's curves.f64 stays there (its reference is written again); any
+    other goes where ``curves`` says (``RecordWriter``), e.g. a record an
+    interrupted run held in memory but had not yet written."""
+    run_dir = Path(run_dir)
     records = sorted(records, key=cell_order)
-    atomic_write(run_dir / "results.jsonl", "".join(dumps(r.to_dict()) + "\n" for r in records))
-    atomic_write(run_dir / "results.csv", csv_text(records))
+    if curves == "file" and any(r.loss_curve is not None
+                                and stored_ref(r.loss_curve, run_dir) is None for r in records):
+        with CurveFile(run_dir) as cf:
+            records = [_place(r, cf, run_dir) for r in records]
+            cf.sync()
+    atomic_write_chunks(run_dir / "results.jsonl",
+                        (dumps(disk_dict(r, run_dir)) + "\n" for r in records))
+    atomic_write_chunks(run_dir / "results.csv", csv_rows(records, run_dir))
     return records
 
 

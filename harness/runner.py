@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import registry
+from harness.config import curves_mode
 from harness.execution import engine
 from harness.execution.dask_executor import ClusterLost
 from harness.execution.child import unsupported
@@ -96,7 +97,7 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
         if resume:
             # Drops a torn last line before appending, and rewrites an older
             # schema's records in the current one before the manifest says so.
-            write_tables(run_dir, outcome.records)
+            outcome.records = write_tables(run_dir, outcome.records, curves_mode(config))
         write_manifest(run_dir, man)
         try:
             _run(config, cells, todo, avail, pool, outcome, progress,
@@ -106,7 +107,7 @@ def run_matrix(config: dict[str, Any], run_dir: Path, argv: list[str], jobs: int
     finally:
         pool.shutdown()
     with _no_interrupts():
-        outcome.records = write_tables(run_dir, outcome.records)
+        outcome.records = write_tables(run_dir, outcome.records, curves_mode(config))
         timing = {"jobs": jobs, "wall_seconds": round(time.monotonic() - started, 3),
                   "probe_seconds": round(probe_seconds, 3),
                   "cells_recorded": len(outcome.records) - len(done),
@@ -144,13 +145,15 @@ def _run(config, cells: list[Cell], todo: list[Cell], avail, pool,
     """Record every cell of todo, appending each record to results.jsonl as
     it ends; Ctrl-C sets outcome.interrupted."""
     progress.start(cells, outcome.records, header)
-    writer = RecordWriter(outcome.run_dir / "results.jsonl")
+    writer = RecordWriter(outcome.run_dir / "results.jsonl", curves_mode(config))
 
     def emit(record: Record) -> None:
         # Memory first: after Ctrl-C the tables are rewritten from memory, so
-        # a record must not reach the file without being there.
+        # a record must not reach the file without being there.  Then the
+        # record as stored takes its place: with --curves file its curve is
+        # a view of curves.f64, and a sweep's curves stay out of memory.
         outcome.records.append(record)
-        writer.write(record)
+        outcome.records[-1] = record = writer.write(record)
         progress.update(record)
 
     repeat = config["repeat"]

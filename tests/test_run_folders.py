@@ -207,7 +207,7 @@ def test_planted_temporary_names_are_not_followed(tmp_path, good):
 
 
 @pytest.mark.parametrize("name", ["results.jsonl", "results.csv", "manifest.json",
-                                  "report.html", "report-verdicts.png", ".lock"])
+                                  "report.html", "report-verdicts.png", ".lock", "curves.f64"])
 def test_output_name_that_is_a_symlink_is_refused(tmp_path, good, name):
     done, partial = good
     folder, victim = tmp_path / "run", tmp_path / "victim.txt"

@@ -3,9 +3,15 @@
 * report.html is one self-contained file: styles inline, plots embedded as
   base64 PNGs, nothing fetched.  report.md has the same tables and links the
   same plots, written beside it as report-*.png.
-* Plots aggregate over seeds (a hundred seeds make the same number of
-  plots as one): the verdict matrix and the oracle_dev heatmap take the worst
-  seed of each cell; loss curves and decision surfaces show one seed.
+* Plots aggregate over seeds (ten thousand seeds make the same number of
+  plots, of the same size, as one): the verdict matrix and the oracle_dev
+  heatmap take the worst seed of each cell; loss curves and decision
+  surfaces show one seed (their titles say which); the learned map bins
+  seeds into at most ``figures.MAP_COLUMNS`` columns; the findings list
+  stops at ``render.FINDINGS_LISTED`` (results.jsonl has every cell).
+* The records are read once (``results.load_run``), their loss curves left
+  in curves.f64 (memory-mapped) where the run stored them there: only the
+  few curves a figure draws are read.
 * matplotlib is the optional ``report`` extra, imported only once
   ``write_report`` runs (``figures.pyplot``: Agg backend, no display);
   without it ReportUnavailable says how to install it.
@@ -24,26 +30,28 @@ from pathlib import Path
 from harness import analysis, text
 from harness.report.figures import (INSTALL_HINT, ReportUnavailable, curve_cells,
                                     fig_backend_agreement, fig_convergence,
-                                    fig_deviation, fig_loss, fig_surfaces, fig_verdicts, png,
-                                    pyplot)
+                                    fig_deviation, fig_learned_map, fig_loss, fig_surfaces,
+                                    fig_verdicts, png, pyplot)
 from harness.records import Status
 from harness.report.grid import Grid, hidden_note
 from harness.report.render import Section, write_html, write_md, write_pngs
-from harness.report.tables import CONV_HEADER, convergence_row, manifest_rows, status_rows
+from harness.report.tables import convergence_table, manifest_rows, status_rows
 from harness.results import load_run
 
 __all__ = ["INSTALL_HINT", "ReportUnavailable", "write_report"]
 
 
-def write_report(run_dir) -> Path:
-    """Write DIR/report.html, DIR/report.md and DIR/report-*.png; return the html path."""
+def write_report(run_dir, loaded=None) -> Path:
+    """Write DIR/report.html, DIR/report.md and DIR/report-*.png; return the
+    html path.  ``loaded``: the folder's (manifest, records) when the caller
+    has just read them (``harness report`` reads before it locks)."""
     run_dir = Path(run_dir)
-    man, records = load_run(run_dir)
+    man, records = loaded if loaded is not None else load_run(run_dir)
     plt = pyplot()
     grid = Grid.of(records)
     ok = [r for r in records if r.status == Status.OK]
     agree_counts, mismatches = analysis.level_agreement(records)
-    conv = analysis.convergence(records) if ok else []
+    conv, seed_map = analysis.convergence_and_seeds(records) if ok else ([], None)
     found = analysis.findings(records, conv, mismatches)
     seeds = sorted({r.seed for r in records})
 
@@ -98,8 +106,18 @@ def write_report(run_dir) -> Path:
             "over its cells that agree). 'vs oracle' names seeds only the backend learned (+) "
             "or only the oracle learned (-).", images,
             ((header, orows, ""),
-             (CONV_HEADER, [convergence_row(c) for c in conv if c.backend != "oracle"],
-              "every backend x level x arch x gate"))))
+             (*convergence_table(conv), "every backend x level x arch x gate"))))
+        if len(seeds) > 1:
+            sections.append(Section(
+                "Learned seeds",
+                "Which seeds each backend and level learned (every row of the truth table right "
+                "at the end), next to the oracle's trajectory from the same initial parameters: "
+                "one row per backend x level x arch x gate, one column per seed (or per run of "
+                "consecutive seeds in a large sweep, shaded by the fraction learned). Red marks "
+                "seeds whose learned flag differs from the oracle's; the convergence table lists "
+                "them as ranges.",
+                (("report-learned-map.png", "learned seeds",
+                  png(fig_learned_map(plt, seed_map))),)))
     outcomes = analysis.recipe_outcomes(records)
     if set(outcomes) - {"sgd"} or any(k != "textbook" for t in outcomes.values()
                                       for c in t.values() for k in c):

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness import analysis, oracle, registry
 from harness.compare import NoTolerance, tolerance
-from harness.records import Record, Status
+from harness.records import Record, Status, curve_values
 from harness.registry import cell_order
 from harness.report.grid import CATEGORIES, DARK, Grid, category, cell_text
 from harness.tasks import ARCHS, CELL_FIELDS, GATES, GRADIENT_LEVELS
@@ -196,7 +196,7 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     except NoTolerance:
         tol = None
     for r in recs:
-        curve = np.array([np.nan if v is None else v for v in [*r.loss_curve, r.loss_final]])
+        curve = np.append(curve_values(r.loss_curve), r.loss_final)
         style = dict(color=colours.get(r.backend, "black"), ls=LEVEL_STYLES[r.level], lw=1.3)
         top.plot(t, curve, **style)
         band = np.abs(curve - ref) / np.maximum(np.abs(ref), 1.0)
@@ -219,7 +219,9 @@ def fig_loss(plt, records: list[Record], arch: str, gate: str, seed: int):
     bottom.set_ylabel("|loss - oracle| / max(|oracle|, 1)")
     bottom.set_xlabel("epoch (the last point is loss_final)")
     dtype = recs[0].dtype
-    top.set_title(f"{arch}-layer {gate}, seed {seed} ({dtype}): every backend and level over the "
+    n_seeds = len({r.seed for r in records})
+    drawn = f"seed {seed}" + (f" (one of the run's {n_seeds} seeds)" if n_seeds > 1 else "")
+    top.set_title(f"{arch}-layer {gate}, {drawn} ({dtype}): every backend and level over the "
                   f"oracle (grey); exact zeros drawn at {floor:g}", loc="left")
     # Colour says the backend, line style the level: a legend of 9, not 18.
     from matplotlib.lines import Line2D
@@ -340,6 +342,72 @@ def fig_convergence(plt, conv: list[analysis.Convergence]):
     n = max(c.n for c in mine)
     axes[0, 0].set_title(f"Oracle: fraction of {n} seeds learned, 95% Wilson interval; number = "
                          "median epoch every row first came out right", loc="left")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------- learned map
+
+# The map draws at most MAP_COLUMNS columns (consecutive seeds share a
+# column beyond that, shaded by the fraction learned) and MAP_ROWS rows, so
+# that a 10,000-seed sweep makes an image of the same size as a 500-seed one.
+MAP_COLUMNS = 500
+MAP_ROWS = 120
+_NOT_LEARNED, _LEARNED, _DIFFERS = "#bdbdbd", "#2e7d32", "#e53935"
+
+
+def map_rows(smap: analysis.SeedMap) -> tuple[list[analysis.SeedRow], int]:
+    """The rows the map draws, grouped by arch and gate (the oracle's rows
+    first in each), and how many were left out: past MAP_ROWS, the oracle's
+    rows and the rows whose learned set differs from the oracle's come first."""
+    order = {(a, g): i for i, (a, g) in enumerate((a, g) for a in ARCHS for g in GATES)}
+    rows = sorted(smap.rows, key=lambda r: (order[(r.arch, r.gate)], r.backend != "oracle"))
+    if len(rows) <= MAP_ROWS:
+        return rows, 0
+    keep = {id(r) for r in sorted(rows, key=lambda r: (r.backend != "oracle",
+                                                       not r.differs.any()))[:MAP_ROWS]}
+    return [r for r in rows if id(r) in keep], len(rows) - MAP_ROWS
+
+
+def fig_learned_map(plt, smap: analysis.SeedMap):
+    """Learned (green) or not (grey) per seed, one row per backend x level x
+    arch x gate and per oracle rule; red where a row's learned flag differs
+    from the oracle's for the same seed."""
+    from matplotlib.colors import to_rgb
+
+    rows, left_out = map_rows(smap)
+    n = len(smap.seeds)
+    per = -(-n // MAP_COLUMNS)  # seeds per column
+    cols = -(-n // per)
+    pad = cols * per - n
+    grey, green, red = (np.array(to_rgb(c)) for c in (_NOT_LEARNED, _LEARNED, _DIFFERS))
+    rgb = np.ones((len(rows), cols, 3))
+    for i, row in enumerate(rows):
+        flags = np.append(row.learned, np.full(pad, -1, np.int8)).reshape(cols, per)
+        ran = (flags >= 0).sum(axis=1)
+        with np.errstate(invalid="ignore"):
+            frac = np.where(flags == 1, 1.0, 0.0).sum(axis=1) / ran
+        shade = grey + np.nan_to_num(frac)[:, None] * (green - grey)
+        rgb[i] = np.where((ran > 0)[:, None], shade, 1.0)
+        differs = np.append(row.differs, np.zeros(pad, bool)).reshape(cols, per).any(axis=1)
+        rgb[i, differs] = red
+    fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.17 * len(rows)))
+    ax.imshow(rgb, aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(len(rows)), [" ".join(x for x in (r.backend, r.level, "·", r.arch, r.gate,
+                                                           r.settings) if x) for r in rows],
+                  fontsize=7)
+    for i in range(1, len(rows)):
+        if (rows[i].arch, rows[i].gate) != (rows[i - 1].arch, rows[i - 1].gate):
+            ax.axhline(i - 0.5, color="black", lw=1)
+    ticks = np.unique(np.linspace(0, cols - 1, min(cols, 6)).round().astype(int))
+    ax.set_xticks(ticks, [str(smap.seeds[min(t * per, n - 1)]) for t in ticks], fontsize=7)
+    ax.set_xlabel("seed" + (f" (each column: {per} consecutive seeds of the run, shaded by the "
+                            "fraction learned)" if per > 1 else ""), fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_title(f"Learned (green) or not (grey), per seed: {n} seeds; red: the learned flag "
+                 "differs from the oracle's" + (f"; {left_out} rows not drawn (the convergence "
+                                                 "table has them)" if left_out else ""),
+                 loc="left", fontsize=9)
     fig.tight_layout()
     return fig
 

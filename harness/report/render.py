@@ -51,6 +51,21 @@ details summary{cursor:pointer;color:#1565c0;margin:8px 0}
 """
 
 
+# The findings table lists this many at most: a sweep with thousands of
+# disagreeing or failed cells would otherwise make a report of megabytes.
+# The grouped lines above it count every finding; results.jsonl has each cell.
+FINDINGS_LISTED = 500
+
+
+def _listed(found) -> tuple[list, str]:
+    """The findings the table lists, and the note on those it does not."""
+    if len(found) <= FINDINGS_LISTED:
+        return list(found), ""
+    return (list(found[:FINDINGS_LISTED]),
+            f"The first {FINDINGS_LISTED} of {len(found)} findings; every cell is in "
+            "results.jsonl.")
+
+
 @dataclass
 class Section:
     """One section of both pages, in order: a title, a paragraph, plots, tables."""
@@ -81,11 +96,14 @@ def write_html(run_dir, sections, stats, headline, found, meta, good):
                                               for k, v in stats) + "</div>",
              "<h2>Findings</h2>"]
     if found:
+        listed, note = _listed(found)
         parts.append("<ul class='findings'>" + "".join(
             f"<li>{e(f)}</li>" for f in text.summarize_findings(found)) + "</ul>")
         parts.append(f"<details><summary>all {len(found)} findings</summary>"
+                     + (f"<p>{e(note)}</p>" if note else "")
                      + _html_table(["finding", "where", "cell"],
-                                   [[f.kind, f.group, text.finding_detail(f)] for f in found]) + "</details>")
+                                   [[f.kind, f.group, text.finding_detail(f)] for f in listed])
+                     + "</details>")
     else:
         parts.append("<p>None: every ok cell agrees with the oracle, the levels of each backend "
                      "agree, learned sets match the oracle's, and no single-layer xor/xnor was "
@@ -110,9 +128,10 @@ def write_md(run_dir, sections, stats, headline, found, meta):
              " · ".join(f"{k}: {v}" for k, v in stats), "", "## Findings", ""]
     lines += [f"- {f}" for f in text.summarize_findings(found)] or ["None."]
     if found:
-        lines += ["", f"All {len(found)} findings:", "",
+        listed, note = _listed(found)
+        lines += ["", f"All {len(found)} findings:", "", *([note, ""] if note else []),
                   _md_table(["finding", "where", "cell"],
-                            [[f.kind, f.group, text.finding_detail(f)] for f in found])]
+                            [[f.kind, f.group, text.finding_detail(f)] for f in listed])]
     for s in sections:
         lines += ["", f"## {s.title}", ""]
         if s.text:

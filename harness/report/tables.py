@@ -7,19 +7,29 @@ from harness import analysis, text
 from harness.records import Status
 
 
-def convergence_row(c: analysis.Convergence) -> list[str]:
+def convergence_row(c: analysis.Convergence, settings: bool = False) -> list[str]:
+    """A row of CONV_HEADER; with ``settings``, of conv_header's settings column too."""
     med = "" if c.median_epoch is None else f"{c.median_epoch:g}"
     vs = "same as oracle" if c.backend != "oracle" and not c.differs else ""
     if c.differs:
         vs = "; ".join(x for x in (
             f"+{text.seed_ranges(c.only_backend)}" if c.only_backend else "",
             f"-{text.seed_ranges(c.only_oracle)}" if c.only_oracle else "") if x)
-    return [c.backend, c.level, c.arch, c.gate, str(c.n), str(c.learned), f"{c.fraction:.2f}",
-            f"[{c.low:.2f}, {c.high:.2f}]", med, vs]
+    return [c.backend, c.level, c.arch, c.gate, *([c.setting_text] if settings else []),
+            str(c.n), str(c.learned), f"{c.fraction:.2f}", f"[{c.low:.2f}, {c.high:.2f}]", med, vs]
 
 
 CONV_HEADER = ["backend", "level", "arch", "gate", "seeds", "learned", "fraction", "95% interval",
                "median epoch", "vs oracle's learned set"]
+
+
+def convergence_table(conv: list[analysis.Convergence]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of every backend's convergence; a settings column
+    where a row is one of several settings (optimizers, modes) of a cell."""
+    rows = [c for c in conv if c.backend != "oracle"]
+    settings = any(c.settings for c in rows)
+    header = CONV_HEADER[:4] + ["settings"] * settings + CONV_HEADER[4:]
+    return header, [convergence_row(c, settings) for c in rows]
 
 
 def status_rows(records) -> tuple[list[str], list[list[str]]]:
