@@ -80,13 +80,32 @@ Recipes (``--optimizer``, ``--batch-size``, ``--reduction``):
     agrees with the textbook (3.0e-16): decoupled and L2 decay differ only by
     round-off without a rule state; with momentum they do not (9.0e-1).
 
+* Seed batches (``--batch-seeds``): the ``raw`` level of keras-jax and
+  keras-torch trains S seeds at once with the code below
+  (``train_raw_batch``, ``written_out_loss_seeds``): every parameter with a
+  leading seed axis (W (S, n, k), biases held as (S, 1, k)),
+  ``keras.ops.matmul`` of the shared x (R, n) against W broadcasting x over
+  the seeds, the notebook's loss summed (or averaged) over axes (1, 2), one
+  per seed, and the row's own gradient of the sum of the seeds' losses
+  (each seed's own: the sum's gradient is exactly 1 per seed).  The rows
+  pass their arrays, their ``sqrt`` and their update loop (``RawSeeds``);
+  each update's losses stay on the device and are read once at the end.
+  The module, optimizer and custom levels run per seed (a Keras model
+  holds one set of weights).  The tensorflow row's raw level is written in
+  TensorFlow, not ``keras.ops``: it has its own batched form.
+
 * Each ``loss_curve`` entry is the loss of that update's batch before the
   update, exactly: ``fit``'s logged ``loss`` is the epoch's running mean of
   its loss tracker, weighted by batch size (``(loss * 3) / 3`` is not
   ``loss`` in one case in six), so the optimizer level compiles one more
   metric, ``BatchLoss``: the compiled loss function on the step's own
   ``y_pred``, which ``fit`` computes before it applies the update, kept as
-  is (no averaging), read by a callback after every batch.
+  is (no averaging).  With one update per epoch (the default full batch)
+  the curve is ``fit``'s own history of it, one entry per epoch; with
+  several, a callback reads it after every batch.  (Such a callback makes
+  Keras on JAX and on torch convert every step's logs as the step ends,
+  waiting for it, where otherwise it would hand them to a thread: it costs
+  about a third of a full-batch ``fit`` on keras-jax.)
 """
 from __future__ import annotations
 
@@ -99,7 +118,8 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.recipes import Textbook, in_effect
-from harness.tasks import HYPERPARAMETERS, TrainResult, TrainSpec, batches, hyperparameters
+from harness.tasks import (HYPERPARAMETERS, TrainResult, TrainSpec, batches, hyperparameters,
+                           updates_per_epoch)
 
 # Each optimizer family's Keras class, and the harness's hyperparameter
 # names as Keras' constructors spell them.
@@ -328,7 +348,9 @@ def batch_loss_class():
             return keras.ops.cast(self.last, self.dtype)
 
         def reset_state(self):
-            self.last.assign(keras.ops.zeros((), dtype=self.dtype))
+            # fit resets its metrics every epoch; nothing accumulates here
+            # (every batch overwrites the value), so there is nothing to reset.
+            pass
 
     return BatchLoss
 
@@ -340,10 +362,15 @@ def _fit(keras, model, loss_fn, spec: TrainSpec, row: KerasRow):
                   metrics=[batch_loss_class()(loss_fn, spec.dtype)],
                   jit_compile=row.jit_compile(spec.mode), run_eagerly=spec.mode == "eager")
     curve: list[float] = []
-    record = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: curve.append(float(logs["batch_loss"])))
-    model.fit(**row.fit_data(spec), epochs=spec.epochs, shuffle=False, verbose=0,
-              callbacks=[record])
+    callbacks = []
+    if updates_per_epoch(spec.cell) > 1:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: curve.append(float(logs["batch_loss"]))))
+    history = model.fit(**row.fit_data(spec), epochs=spec.epochs, shuffle=False, verbose=0,
+                        callbacks=callbacks)
+    if not callbacks:
+        # One batch per epoch: each epoch's logged batch_loss is its update's.
+        curve = [float(v) for v in history.history["batch_loss"]]
     return curve, read_hparams(optimizer, spec.optimizer)
 
 
@@ -392,3 +419,65 @@ def levels(raw, row: KerasRow) -> dict:
             "module": functools.partial(train, use_optimizer=False, row=row),
             "optimizer": functools.partial(train, use_optimizer=True, row=row),
             "custom": functools.partial(train, use_optimizer=True, row=row)}
+
+
+# ------------------------------------------------------ raw level, batched
+# ``--batch-seeds`` (harness.tasks.BatchSpec): the raw level for S seeds at
+# once, written once here for every Keras row; each row passes its arrays
+# and its own gradient (``RawSeeds``).
+
+def written_out_loss_seeds(ops, params, x, y, mean: bool = False):
+    """``written_out_loss`` with a leading seed axis on every parameter (W
+    (S, n, k), biases held as (S, 1, k)): ``ops.matmul`` of x (R, n) (or h
+    (S, R, H)) and W broadcasts x over the seeds.  Returns (the seeds'
+    losses (S,), probabilities (S, R, 1))."""
+    if "W" in params:
+        p = ops.sigmoid(ops.matmul(x, params["W"]) + params["b"])
+    else:
+        h = ops.sigmoid(ops.matmul(x, params["W1"]) + params["b1"])
+        p = ops.sigmoid(ops.matmul(h, params["W2"]) + params["b2"])
+    loss = -ops.sum(ops.log(y * p + (1 - y) * (1 - p)), axis=(1, 2))
+    return (loss / x.shape[0] if mean else loss), p
+
+
+@dataclass(frozen=True)
+class RawSeeds:
+    """What one Keras row does its own way in the batched raw level."""
+
+    # numpy array -> the row's parameter (differentiable where it must be).
+    param: Callable[[np.ndarray], Any]
+    # numpy array -> the row's data tensor.
+    tensor: Callable[[np.ndarray], Any]
+    # The row's sqrt, for the textbook rule.
+    sqrt: Callable[[Any], Any]
+    # (spec, params, rule, data) -> (final params, the seeds' loss curves as
+    # a numpy array (S, updates)): the updates, with this row's gradient,
+    # over ``data``, one epoch's (x, y) batches.
+    train: Callable[..., tuple[dict, np.ndarray]]
+    # (spec) -> info recorded with every result.
+    info: Callable[[Any], dict[str, Any]]
+
+
+def train_raw_batch(spec, raw: RawSeeds):
+    """The raw level for the S seeds of a ``BatchSpec`` on the current
+    Keras backend: the per-seed raw level's loss, rule and final pass with a
+    leading seed axis."""
+    import keras
+
+    from harness.tasks import BatchResult
+
+    shapes = {k: v.shape for k, v in spec.params.items()}
+    params = {k: raw.param(v[:, None, :] if v.ndim == 2 else v) for k, v in spec.params.items()}
+
+    def canonical(values):
+        return {k: to_numpy(values[k]).reshape(shapes[k]) for k in shapes}
+
+    rule = textbook(spec, raw.sqrt)
+    start = canonical(params)
+    data = [(raw.tensor(spec.x[rows]), raw.tensor(spec.y[rows])) for rows in batches(spec.cell)]
+    params, curve = raw.train(spec, params, rule, data)
+    loss, p = written_out_loss_seeds(keras.ops, params, raw.tensor(spec.x),
+                                     raw.tensor(spec.y), spec.reduction == "mean")
+    return BatchResult(params_start=start, params_final=canonical(params), loss_curve=curve,
+                       loss_final=to_numpy(loss), probs=to_numpy(p).reshape(spec.seeds, -1),
+                       info=raw.info(spec), hparams=rule.hp)

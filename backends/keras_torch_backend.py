@@ -177,3 +177,50 @@ MODE_GAPS = {"compiled": "Keras can hand its torch train step to torch.compile "
                          "(jit_compile=True); this row does not take that on (the torch row "
                          "measures torch.compile directly)",
              "graph": "Keras 3 on PyTorch has no graph-and-session mode"}
+
+
+# ---------------------------------------------------- raw level, batched
+
+def _train_seeds(spec, params, rule, data):
+    """The batched updates, as ``train_raw``'s: ``backward()`` of the sum of
+    the seeds' losses (each seed's own gradient: the sum's is exactly 1 per
+    seed), the rule in place; each update's losses are kept as tensors and
+    read once at the end."""
+    import keras
+    import torch
+
+    _check()
+    mean = spec.reduction == "mean"
+    curve = []
+    for _ in range(spec.epochs):
+        for x, y in data:
+            loss, _ = keras_common.written_out_loss_seeds(keras.ops, params, x, y, mean)
+            curve.append(loss.detach())
+            loss.sum().backward()
+            _textbook_step(rule, params)
+    return params, torch.stack(curve, dim=1).numpy()
+
+
+def _param(a):
+    import torch
+    return torch.from_numpy(a.copy()).requires_grad_()
+
+
+def _tensor(a):
+    import torch
+    return torch.from_numpy(a.copy())
+
+
+def _sqrt(v):
+    import torch
+    return torch.sqrt(v)
+
+
+RAW_SEEDS = keras_common.RawSeeds(param=_param, tensor=_tensor, sqrt=_sqrt, train=_train_seeds,
+                                  info=_info)
+BATCHED = {"raw": lambda spec: keras_common.train_raw_batch(spec, RAW_SEEDS)}
+# Measured (tests/test_batch.py samples, 5 seeds): torch's batched matmul
+# (x broadcast over the seed axis) rounds a few sums differently.
+BATCH_BOUNDS = {"raw": ({"float64": 1e-14, "float32": 1e-6},
+                        "torch's broadcast matmul rounds differently from one seed's "
+                        "(measured 4.4e-16 float64, 2.4e-7 float32)")}

@@ -3,8 +3,8 @@
 * ``raw``: ``nd`` arrays with ``attach_grad()``, the forward pass and the
   notebook's written-out loss under ``autograd.record()``, ``backward()``,
   the update (``harness.recipes.Textbook``, every optimizer family, on
-  NDArrays with ``nd.sqrt``) written in place (``p[:] = ...``) outside
-  ``record()``.
+  NDArrays with ``nd.sqrt``) copied into each parameter in place
+  (``copyto(p)``) outside ``record()``.
 * ``module``: ``gluon.nn.Sequential`` of ``Dense`` / ``Activation('sigmoid')``
   / ``Dense`` and ``gluon.loss.SigmoidBinaryCrossEntropyLoss`` summed (or
   averaged) over rows; the same written-out update over
@@ -143,6 +143,7 @@ import functools
 
 import numpy as np
 
+from backends.curve import LossCurve
 from harness.recipes import Textbook, in_effect
 from harness.tasks import (HYPERPARAMETERS, BatchResult, BatchSpec, TrainResult, TrainSpec,
                            batches, hyperparameters, updates)
@@ -241,6 +242,12 @@ def _rows(nd, spec: TrainSpec):
     return arrays(slice(None)), [arrays(rows) for rows in batches(spec.cell)]
 
 
+def _curve(nd) -> LossCurve:
+    """The loss curve, read back a block of updates at a time: ``asscalar()``
+    per update would make Python wait for MXNet's engine at every step."""
+    return LossCurve(lambda losses: nd.concat(*losses, dim=0).asnumpy().tolist())
+
+
 def loss_and_grad(spec: TrainSpec):
     """The raw level's loss and autodiff gradient at ``spec.params``."""
     from mxnet import autograd, nd
@@ -261,20 +268,22 @@ def train_raw(spec: TrainSpec) -> TrainResult:
     hp = in_effect(spec.cell, optimizer_defaults)
     rule = Textbook(spec.cell, hp, nd.sqrt)
     start = {k: v.asnumpy() for k, v in params.items()}
-    curve = []
+    curve = _curve(nd)
     for _ in range(spec.epochs):
         for xb, yb in batch:
             with autograd.record():
                 loss = loss_of(forward(xb), yb)
             loss.backward()
-            curve.append(loss.asscalar().item())
+            curve.append(loss)
             rule.tick()
             for name, p in params.items():
-                p[:] = rule.step(name, p, p.grad)  # in place: p keeps its gradient buffer
+                # In place: p keeps its gradient buffer.  copyto is one
+                # operator; p[:] = ... goes through NDArray's indexing first.
+                rule.step(name, p, p.grad).copyto(p)
     p = forward(x)
     loss = loss_of(p, y)
     return TrainResult(params_start=start, params_final={k: v.asnumpy() for k, v in params.items()},
-                       loss_curve=curve, loss_final=loss.asscalar().item(),
+                       loss_curve=curve.floats(), loss_final=loss.asscalar().item(),
                        probs=p.asnumpy().reshape(-1), hparams=hp)
 
 
@@ -374,7 +383,7 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
         hp = in_effect(spec.cell, optimizer_defaults)
         rule = Textbook(spec.cell, hp, nd.sqrt)
     start = read()
-    curve = []
+    curve = _curve(nd)
     for _ in range(spec.epochs):
         for xb, yb in batch:
             with autograd.record():
@@ -393,14 +402,14 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
                 rule.tick()
                 for name, param in params.items():
                     weight = param.data()  # the stored array itself, updated in place
-                    weight[:] = rule.step(name, weight, param.grad())
-            curve.append(loss.asscalar().item())
+                    rule.step(name, weight, param.grad()).copyto(weight)
+            curve.append(loss)
     z = net(x)
     each = loss_fn(z, y)
     loss = each.mean() if mean else each.sum()
     # MXNet's optimizer kernels take the learning rate as a C float (see the docstring).
     info = {"lr_applied": float(np.float32(spec.lr))} if use_optimizer else {}
-    return TrainResult(params_start=start, params_final=read(), loss_curve=curve,
+    return TrainResult(params_start=start, params_final=read(), loss_curve=curve.floats(),
                        loss_final=loss.asscalar().item(), probs=z.sigmoid().asnumpy().reshape(-1),
                        info=info, hparams=hp)
 

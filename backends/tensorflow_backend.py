@@ -149,8 +149,8 @@ import functools
 import numpy as np
 
 from backends import keras_common
-from harness.tasks import (HPARAM_DEFAULTS, HYPERPARAMETERS, TrainResult, TrainSpec, batches,
-                           hyperparameters, updates_per_epoch)
+from harness.tasks import (HPARAM_DEFAULTS, HYPERPARAMETERS, BatchResult, BatchSpec, TrainResult,
+                           TrainSpec, batches, hyperparameters, updates, updates_per_epoch)
 
 NAME = "tensorflow"
 IMPORTS = ("tensorflow", "keras")
@@ -215,25 +215,39 @@ def _textbook_steps(tf, variables: dict, loss_fn, rule, spec: TrainSpec, data) -
     """Hand-written updates of ``variables`` (name -> variable) by the cell's
     textbook rule, one per batch of ``data`` every epoch: one tf.function
     (compiled; traced once per batch shape) or plain Python over eager
-    tensors (eager).  Returns the loss curve."""
-    def step(x, y, t, state):
+    tensors (eager).  Returns the loss curve.
+
+    The update count and the rule's state live in variables that the step
+    reads and assigns, as the graph mode's do, so the step takes the batch
+    only: a tf.function call costs more with every argument it flattens
+    (the count and a dict of state tuples doubled it), and the count is
+    the same integer, cast to the cell's dtype, that a constant per step
+    was."""
+    count = tf.Variable(0, dtype=tf.int64)
+    slots = keras_common.zero_state(rule, variables,
+                                    lambda v: tf.Variable(tf.zeros(v.shape, v.dtype)))
+
+    def step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(x, y)
         grads = dict(zip(variables, tape.gradient(loss, list(variables.values()))))
-        new, state = keras_common.textbook_update(rule, t, state, variables, grads)
+        count.assign_add(1)
+        state = {k: tuple(s.read_value() for s in slots[k]) for k in slots}
+        new, state = keras_common.textbook_update(rule, tf.cast(count, spec.dtype), state,
+                                                  variables, grads)
         for name, v in variables.items():
             v.assign(new[name])
-        return loss, state
+        for k in slots:
+            for s, value in zip(slots[k], state[k]):
+                s.assign(value)
+        return loss
 
     if spec.mode == "compiled":
         step = tf.function(step, jit_compile=False)
-    state = keras_common.zero_state(rule, variables, lambda v: tf.zeros(v.shape, v.dtype))
-    curve, t = [], 0
+    curve = []
     for _ in range(spec.epochs):
         for x, y in data:
-            t += 1
-            loss, state = step(x, y, tf.constant(t, spec.dtype), state)
-            curve.append(float(loss))
+            curve.append(float(step(x, y)))
     return curve
 
 
@@ -421,3 +435,124 @@ MODE_GAPS = {
     ("custom", "graph"): "a keras.Model subclass runs eagerly or as a tf.function, not in a "
                          "TF1 graph session",
 }
+
+
+# ---------------------------------------------------- raw level, batched
+
+def _raw_graph_seeds(tf, spec: BatchSpec, variable):
+    """``_raw_graph`` with a leading seed axis: W (S, n, k) and biases held as
+    (S, 1, k), ``variable(name, array)`` making each.  ``tf.matmul`` of x
+    (R, n) (or h (S, R, H)) and W (S, n, k) broadcasts x over the seeds
+    (``BatchMatMulV2``); the loss is one per seed, (S,)."""
+    params = {k: variable(k, v[:, None, :] if v.ndim == 2 else v) for k, v in spec.params.items()}
+
+    def logits(x):
+        if spec.arch == "single":
+            return tf.matmul(x, params["W"]) + params["b"], None
+        h = tf.sigmoid(tf.matmul(x, params["W1"]) + params["b1"])
+        return tf.matmul(h, params["W2"]) + params["b2"], h
+
+    def forward(x):
+        return tf.sigmoid(logits(x)[0])
+
+    def loss_of(p, y, rows):
+        loss = -tf.reduce_sum(tf.math.log(y * p + (1 - y) * (1 - p)), axis=(1, 2))
+        return loss / rows if spec.reduction == "mean" else loss
+
+    return params, forward, loss_of
+
+
+def train_raw_batch(spec: BatchSpec) -> BatchResult:
+    """``train_raw`` for S seeds at once, in the cell's mode: the
+    tf.function step (compiled), the same step op by op (eager) or a TF1
+    session (graph).  Each update's (S,) losses stay tensors until the end
+    (compiled, eager)."""
+    import tensorflow as tf
+
+    if spec.mode == "graph":
+        return _train_session_seeds(tf, spec)
+    params, forward, loss_of = _raw_graph_seeds(tf, spec, lambda k, v: tf.Variable(v, name=k))
+    rule = keras_common.textbook(spec, tf.sqrt)
+    shapes = {k: v.shape for k, v in spec.params.items()}
+    start = {k: _np(v).reshape(shapes[k]) for k, v in params.items()}
+
+    def step(x, y, t, state):
+        with tf.GradientTape() as tape:
+            loss = loss_of(forward(x), y, y.shape[0])
+        # The gradient of the (S,) losses is that of their sum: each seed's own.
+        grads = dict(zip(params, tape.gradient(loss, list(params.values()))))
+        new, state = keras_common.textbook_update(rule, t, state, params, grads)
+        for name, v in params.items():
+            v.assign(new[name])
+        return loss, state
+
+    if spec.mode == "compiled":
+        step = tf.function(step, jit_compile=False)
+    state = keras_common.zero_state(rule, params, lambda v: tf.zeros(v.shape, v.dtype))
+    data = [(tf.constant(spec.x[rows]), tf.constant(spec.y[rows])) for rows in batches(spec.cell)]
+    curve, t = [], 0
+    for _ in range(spec.epochs):
+        for x, y in data:
+            t += 1
+            loss, state = step(x, y, tf.constant(t, spec.dtype), state)
+            curve.append(loss)
+    x, y = tf.constant(spec.x), tf.constant(spec.y)
+    p = forward(x)
+    final = {k: _np(v).reshape(shapes[k]) for k, v in params.items()}
+    return _batch_result(tf, spec, start, final, _np(tf.stack(curve, axis=1)),
+                         _np(loss_of(p, y, y.shape[0])), _np(p), rule.hp)
+
+
+def _batch_result(tf, spec, start, final, curve, loss, probs, hparams) -> BatchResult:
+    info = {"mode": "tf.compat.v1.Session"} if spec.mode == "graph" else _info(spec)
+    return BatchResult(params_start=start, params_final=final, loss_curve=curve, loss_final=loss,
+                       probs=probs.reshape(spec.seeds, -1), info=info, hparams=hparams)
+
+
+def _train_session_seeds(tf, spec: BatchSpec) -> BatchResult:
+    """``_train_session``'s raw level for S seeds: the same graph with a
+    leading seed axis on the variables."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(spec.dtype, (None, spec.x.shape[1]))
+        y = v1.placeholder(spec.dtype, (None, 1))
+        params, forward, loss_of = _raw_graph_seeds(tf, spec,
+                                                    lambda k, v: v1.Variable(v, name=k))
+        p = forward(x)
+        t = v1.placeholder(spec.dtype, ())
+        loss = loss_of(p, y, tf.cast(tf.shape(x)[0], spec.dtype))
+        grads = dict(zip(params, tf.gradients(loss, list(params.values()))))
+        rule = keras_common.textbook(spec, tf.sqrt)
+        slots = keras_common.zero_state(rule, params, lambda a: v1.Variable(
+            np.zeros(a.shape, spec.dtype)))
+        with tf.control_dependencies([loss, *grads.values()]):
+            new, state = keras_common.textbook_update(
+                rule, t, {k: tuple(s.read_value() for s in slots[k]) for k in slots},
+                params, grads)
+            train = tf.group(*(params[k].assign(new[k]) for k in params),
+                             *(s.assign(v) for k in slots for s, v in zip(slots[k], state[k])))
+        init = v1.global_variables_initializer()
+    shapes = {k: v.shape for k, v in spec.params.items()}
+    config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+    with v1.Session(graph=graph, config=config) as sess:
+        sess.run(init)
+        start = {k: v.reshape(shapes[k]) for k, v in sess.run(params).items()}
+        curve = np.empty((updates(spec.cell), spec.seeds), spec.dtype)
+        epoch = batches(spec.cell)
+        for u in range(len(curve)):
+            rows = epoch[u % len(epoch)]
+            curve[u] = sess.run([loss, train], {x: spec.x[rows], y: spec.y[rows], t: u + 1})[0]
+        final, loss_final, probs = sess.run([params, loss, p], {x: spec.x, y: spec.y})
+    final = {k: v.reshape(shapes[k]) for k, v in final.items()}
+    return _batch_result(tf, spec, start, final, curve.T, loss_final, probs, rule.hp)
+
+
+BATCHED = {"raw": train_raw_batch}
+# Measured (tests/test_batch.py samples, 5 seeds): BatchMatMulV2 with x
+# broadcast over the seeds rounds float32 sums differently from MatMul (4.8e-7
+# single-layer nand), and the adam update 6.0e-16 at float64; the float64 sgd
+# multi-layer xor sample is bit-identical in every mode.
+BATCH_BOUNDS = {"raw": ({"float64": 1e-14, "float32": 1e-6},
+                        "BatchMatMulV2 rounds float32 sums differently from one seed's MatMul "
+                        "(measured 4.8e-7 float32, 6.0e-16 float64 adam)")}

@@ -47,12 +47,13 @@ Conventions adapted:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
 
 from harness.recipes import Textbook, in_effect
-from harness.tasks import TrainResult, TrainSpec, batches
+from harness.tasks import BatchResult, BatchSpec, TrainResult, TrainSpec, batches, updates
 
 NAME = "torch"
 IMPORTS = ("torch",)
@@ -91,12 +92,19 @@ def _compiled(fn):
 
 def _raw_graph(torch, spec: TrainSpec):
     """Leaf tensors for the canonical parameters and the written-out loss
-    as a function of them: (rows=all) -> (loss, probabilities)."""
+    as a function of them: (x, y) -> (loss, probabilities); all rows by
+    default."""
     x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
     params = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in spec.params.items()}
     fn = _compiled(_written_out) if spec.mode == "compiled" else _written_out
     mean = spec.reduction == "mean"
-    return params, lambda rows=slice(None): fn(x[rows], y[rows], mean, *params.values())
+    return params, lambda xb=x, yb=y: fn(xb, yb, mean, *params.values())
+
+
+def _batches(torch, spec: TrainSpec) -> list:
+    """One epoch's (x, y) batches as tensors, sliced once: every epoch reuses them."""
+    x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
+    return [(x[rows], y[rows]) for rows in batches(spec.cell)]
 
 
 def loss_and_grad(spec: TrainSpec):
@@ -118,9 +126,10 @@ def train_raw(spec: TrainSpec) -> TrainResult:
     hp = in_effect(spec.cell, optimizer_defaults)
     rule = Textbook(spec.cell, hp, torch.sqrt)
     curve = []
+    data = _batches(torch, spec)
     for _ in range(spec.epochs):
-        for rows in batches(spec.cell):
-            loss, _ = loss_of(rows)
+        for xb, yb in data:
+            loss, _ = loss_of(xb, yb)
             curve.append(loss.item())
             loss.backward()
             rule.tick()
@@ -287,10 +296,12 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
         hp = in_effect(spec.cell, optimizer_defaults)
         rule = Textbook(spec.cell, hp, torch.sqrt)
     start = read()
+    parameters = list(model.parameters())
     curve = []
+    data = _batches(torch, spec)
     for _ in range(spec.epochs):
-        for rows in batches(spec.cell):
-            loss = loss_fn(call(x[rows]), y[rows])
+        for xb, yb in data:
+            loss = loss_fn(call(xb), yb)
             curve.append(loss.item())
             model.zero_grad()
             loss.backward()
@@ -299,12 +310,186 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
             else:
                 rule.tick()
                 with torch.no_grad():
-                    for i, param in enumerate(model.parameters()):
+                    for i, param in enumerate(parameters):
                         param.copy_(rule.step(i, param, param.grad))
     with torch.no_grad():
         z = call(x)
         loss = loss_fn(z, y)
     return _result(torch, spec, start, read(), curve, loss, z.sigmoid(), counter, hp)
+
+
+# ---------------------------------------------------- raw level, batched
+
+def _rows(fn, t):
+    """``fn`` (an elementwise function) applied to t (S, ...) as the
+    per-seed trainer applies it to one seed's tensor: each seed's elements
+    as one row of a (S, n) view whose rows are not adjacent in memory, so
+    that ATen cannot fuse them into one long loop and runs each row with
+    the per-seed tensor's own loop (vectorized chunks, then a scalar tail;
+    an n-element tensor below two vector widths, every cell here, is
+    scalar).  A plain call on the whole (S, ...) tensor runs vectorized
+    (SLEEF's exp), whose last bit differs from the scalar exp for a few
+    percent of inputs, and training amplifies it (1e-3 relative at float32
+    after 1000 updates)."""
+    import torch
+
+    s, n = t.shape[0], t[0].numel()
+    rows = torch.nn.functional.pad(t.reshape(s, n), (0, 1))[:, :n]
+    return fn(rows).reshape(t.shape)
+
+
+def _written_out_seeds(x, y, mean, *params):
+    """``_written_out`` with a leading seed axis S on every parameter: x
+    (R, n) @ W (S, n, k) broadcasts to one matrix product per seed, biases
+    (S, k) become (S, 1, k); sigmoid and log run per seed (``_rows``).
+    Returns (each seed's loss (S,), probabilities (S, R, 1))."""
+    import torch
+
+    if len(params) == 2:
+        W, b = params
+        p = _rows(torch.sigmoid, x @ W + b[:, None, :])
+    else:
+        W1, b1, W2, b2 = params
+        h = _rows(torch.sigmoid, x @ W1 + b1[:, None, :])
+        p = _rows(torch.sigmoid, h @ W2 + b2[:, None, :])
+    loss = -_rows(torch.log, y * p + (1 - y) * (1 - p)).sum(dim=(1, 2))
+    return (loss / y.shape[0] if mean else loss), p
+
+
+@contextlib.contextmanager
+def _one_thread(torch):
+    """One intra-op thread while a batch trains: a (S, n) tensor over
+    ATen's grain size (32768 elements) would be split between threads at an
+    element that need not start a seed's row (``_rows``), and on shared
+    cores OpenMP's barriers cost more than the split gains (a sigmoid of
+    80,000 float64s: 0.08 ms on one thread, 12 ms on two busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_raw_batch(spec: BatchSpec) -> BatchResult:
+    """``train_raw`` for S seeds at once: stacked leaf tensors, each seed's
+    written-out loss, and ``backward()`` of their sum (the gradient of a sum
+    over seeds is each seed's own gradient).  The per-update losses stay in
+    a preallocated tensor, read once at the end: no host sync per step."""
+    import torch
+
+    x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
+    params = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in spec.params.items()}
+    fn = _compiled(_written_out_seeds) if spec.mode == "compiled" else _written_out_seeds
+    mean = spec.reduction == "mean"
+    counter = _Recompiles(torch)
+    start = {k: _np(v) for k, v in params.items()}
+    hp = in_effect(spec.cell, optimizer_defaults)
+    rule = Textbook(spec.cell, hp, torch.sqrt)
+    curve = torch.empty((updates(spec.cell), spec.seeds), dtype=x.dtype)
+    u = 0
+    with _one_thread(torch):
+        for _ in range(spec.epochs):
+            for rows in batches(spec.cell):
+                loss, _ = fn(x[rows], y[rows], mean, *params.values())
+                curve[u] = loss.detach()
+                loss.sum().backward()
+                rule.tick()
+                with torch.no_grad():
+                    for name, p in params.items():
+                        p.copy_(rule.step(name, p, p.grad))
+                        p.grad.zero_()
+                u += 1
+        with torch.no_grad():
+            loss, p = fn(x, y, mean, *params.values())
+        return _batch_result(torch, spec, start, {k: _np(v) for k, v in params.items()}, curve,
+                             loss, p, counter, hp)
+
+
+def _batch_result(torch, spec, start, final, curve, loss, probs, counter, hp) -> BatchResult:
+    info = {"threads": torch.get_num_threads()}  # one: _one_thread
+    if spec.mode == "compiled":
+        info["recompiles"] = counter()
+    return BatchResult(params_start=start, params_final=final,
+                       loss_curve=np.ascontiguousarray(_np(curve).T), loss_final=_np(loss),
+                       probs=_np(probs).reshape(spec.seeds, -1), info=info, hparams=hp)
+
+
+# --------------------------------------- module, optimizer, custom: batched
+
+def _train_module_batch(spec: BatchSpec, use_optimizer: bool) -> BatchResult:
+    """``_train_module`` for S seeds at once: the cell's own model (built
+    once, for its structure), called on stacked parameters with
+    ``torch.func.functional_call`` under ``torch.func.vmap`` over the seed
+    axis, the loss function vmapped too, and ``backward()`` of the seeds'
+    summed losses into stacked leaf tensors (S, *torch's shape).  The update
+    is the textbook rule (``module``) or the family's ``torch.optim`` object
+    over the stacked tensors (``optimizer``, ``custom``): every family's
+    math is elementwise, so a stacked tensor steps each seed as its own
+    tensor would; CPU tensors take the single-tensor implementation (no
+    foreach, no fused), as per seed."""
+    import torch
+    from torch.func import functional_call, vmap
+
+    first = TrainSpec(spec.cell, spec.x, spec.y, {k: v[0] for k, v in spec.params.items()})
+    model, _ = _build(torch, first)
+    names = [n for n, _ in model.named_parameters()]
+    canonical = list(spec.params)  # W, b (or W1, b1, W2, b2): the model's order
+    params = {}
+    for name, key in zip(names, canonical):
+        value = spec.params[key]
+        if value.ndim == 3:  # a weight: canonical (S, in, out), torch's (S, out, in)
+            value = value.transpose(0, 2, 1)
+        params[name] = torch.from_numpy(np.ascontiguousarray(value)).requires_grad_()
+
+    def read(tensors):
+        out = {}
+        for name, key in zip(names, canonical):
+            value = _np(tensors[name])
+            out[key] = np.ascontiguousarray(value.transpose(0, 2, 1)) if value.ndim == 3 else value
+        return out
+
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction=spec.reduction)
+
+    def forward(ps, xb):
+        return functional_call(model, ps, (xb,))
+
+    call = vmap(forward, in_dims=(0, None))
+    if spec.mode == "compiled":
+        call = torch.compile(call)
+    losses = vmap(loss_fn, in_dims=(0, None))
+    counter = _Recompiles(torch)
+    x, y = torch.from_numpy(spec.x), torch.from_numpy(spec.y)
+    tensors = list(params.values())
+    if use_optimizer:
+        optimizer, hp = _optimizer(torch, spec, tensors)
+    else:
+        hp = in_effect(spec.cell, optimizer_defaults)
+        rule = Textbook(spec.cell, hp, torch.sqrt)
+    start = read(params)
+    curve = torch.empty((updates(spec.cell), spec.seeds), dtype=x.dtype)
+    u = 0
+    with _one_thread(torch):
+        for _ in range(spec.epochs):
+            for rows in batches(spec.cell):
+                loss = losses(call(params, x[rows]), y[rows])
+                curve[u] = loss.detach()
+                for t in tensors:
+                    t.grad = None  # model.zero_grad(): set to None
+                loss.sum().backward()
+                if use_optimizer:
+                    optimizer.step()
+                else:
+                    rule.tick()
+                    with torch.no_grad():
+                        for i, t in enumerate(tensors):
+                            t.copy_(rule.step(i, t, t.grad))
+                u += 1
+        with torch.no_grad():
+            z = call(params, x)
+            loss = losses(z, y)
+        return _batch_result(torch, spec, start, read(params), curve, loss, z.sigmoid(), counter,
+                             hp)
 
 
 TRAINERS = {
@@ -314,5 +499,23 @@ TRAINERS = {
     "custom": functools.partial(_train_module, use_optimizer=True),
 }
 MODES = dict.fromkeys(TRAINERS, ("eager", "compiled"))
+BATCHED = {
+    "raw": train_raw_batch,
+    "module": functools.partial(_train_module_batch, use_optimizer=False),
+    "optimizer": functools.partial(_train_module_batch, use_optimizer=True),
+    "custom": functools.partial(_train_module_batch, use_optimizer=True),
+}
 MODE_GAPS = {"graph": "PyTorch has no graph-and-session mode; its compiled mode is "
                       "torch.compile"}
+# Measured (tests/test_batch.py samples, 5 seeds; scripts/bench_seeds.py):
+# the eager raw level is bit-identical (``_rows``); elsewhere the batched
+# kernels round differently and training carries it along.
+BATCH_BOUNDS = {
+    ("raw", "compiled"): ({"float64": 1e-12, "float32": 1e-6},
+                          "Inductor fuses the (S, ...) graph into other loops than the per-seed "
+                          "one (measured 1.5e-13 float64 multi xor, 2.4e-7 float32)"),
+    **dict.fromkeys(("module", "optimizer", "custom"), (
+        {"float64": 1e-11, "float32": 1e-6},
+        "vmap's batched matmul and BCEWithLogitsLoss run other kernels than one seed's "
+        "(measured 3.4e-13 eager, 1.4e-12 compiled float64 multi xor; 4.2e-7 float32)")),
+}

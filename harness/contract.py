@@ -63,12 +63,15 @@ Optional
                            BatchResult``, parameters with a leading seed
                            axis, in every mode the level has.  A level not
                            named runs per seed.
-  ``BATCH_BOUNDS``         {level: (bound, reason)}: a batched level whose
-                           records are not bit-identical to its per-seed
-                           ones (a framework whose kernels change with the
-                           batch's shape): the measured largest relative
-                           deviation and why.  A batched level not named
-                           here is bit-identical (tests/test_batch.py).
+  ``BATCH_BOUNDS``         {level or (level, mode): ({dtype: bound},
+                           reason)}: a batched level (in every mode, or in
+                           one) whose records are not bit-identical to its
+                           per-seed ones (a framework whose kernels change
+                           with the batch's shape): per dtype, a bound on
+                           the relative deviation of parameters and loss
+                           curve set from the measured largest, and why.
+                           A batched level and mode not named here is
+                           bit-identical (tests/test_batch.py).
   ``known_departure(cell)`` -> str | None: why a cell leaves the reference
                            through a framework behaviour no adapter can
                            change without rewriting the framework's own
@@ -131,7 +134,7 @@ class Backend:
     optimizer_defaults: Callable[[str], dict[str, float]] | None = None
     batched: Mapping[str, Callable[[BatchSpec], BatchResult]] = dataclasses.field(
         default_factory=dict)
-    batch_bounds: Mapping[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
+    batch_bounds: Mapping[Any, tuple[dict[str, float], str]] = dataclasses.field(default_factory=dict)
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -170,6 +173,12 @@ class Backend:
         if cell.level not in self.batched:
             return f"{self.name} has no batched form of level {cell.level!r}"
         return None
+
+    def batch_bound(self, level: str, mode: str, dtype: str) -> float | None:
+        """The declared bound of a batched level in a mode and dtype, or None
+        where its batched records are bit-identical to per-seed ones."""
+        entry = self.batch_bounds.get((level, mode), self.batch_bounds.get(level))
+        return None if entry is None else entry[0][dtype]
 
     def train_batch(self, spec: BatchSpec) -> BatchResult:
         result = self.batched[spec.level](spec)
@@ -311,11 +320,16 @@ def check(name: str, mod: ModuleType) -> Backend:
             raise broken(f"the batched trainer of level {level!r} is not callable")
     bounds = getattr(mod, "BATCH_BOUNDS", {})
     if not isinstance(bounds, dict) or not all(
-            level in batched and isinstance(b, tuple) and len(b) == 2
-            and isinstance(b[0], float) and b[0] > 0 and isinstance(b[1], str) and b[1].strip()
-            for level, b in bounds.items()):
-        raise broken("BATCH_BOUNDS must be a dict from a level of BATCHED to (a positive "
-                     "bound, a reason)")
+            (key if isinstance(key, str) else key[0] if isinstance(key, tuple)
+             and len(key) == 2 and key[1] in modes.get(key[0], ()) else None) in batched
+            and isinstance(b, tuple) and len(b) == 2
+            and isinstance(b[0], dict) and set(b[0]) == set(DTYPES)
+            and all(isinstance(v, float) and v > 0 for v in b[0].values())
+            and isinstance(b[1], str) and b[1].strip()
+            for key, b in bounds.items()):
+        raise broken("BATCH_BOUNDS must be a dict from a level of BATCHED, or a (level, mode) "
+                     f"it has, to ({{dtype: positive bound}} for each of {', '.join(DTYPES)}, "
+                     "a reason)")
     for member in ("framework_version", "loss_and_grad", "known_departure", "departures",
                    "optimizer_defaults"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):

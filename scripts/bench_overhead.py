@@ -754,7 +754,10 @@ def _nnx_bce(model, x, y):
 
 @functools.lru_cache(maxsize=None)
 def _nnx_steps(lr):
+    """The jitted steps and the optax transformation, defined once like a
+    notebook cell (nnx.jit compiles anew for a new transformation)."""
     import jax
+    import optax
     from flax import nnx
 
     @nnx.jit
@@ -770,14 +773,13 @@ def _nnx_steps(lr):
         optimizer.update(grads)
         return loss
 
-    return hand, opt
+    return hand, opt, optax.sgd(lr)
 
 
 def _nnx_loop(spec, use_optimizer, custom=False):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from flax import nnx
 
     P, n_in, dt = spec.params, spec.x.shape[1], spec.dtype
@@ -796,10 +798,10 @@ def _nnx_loop(spec, use_optimizer, custom=False):
         layer.kernel.value = jnp.asarray(P[w])
         layer.bias.value = jnp.asarray(P[b])
     x, y = jnp.asarray(spec.x), jnp.asarray(spec.y)
-    hand, opt = _nnx_steps(spec.lr)
+    hand, opt, tx = _nnx_steps(spec.lr)
     losses = []
     if use_optimizer:
-        optimizer = nnx.Optimizer(model, optax.sgd(spec.lr))
+        optimizer = nnx.Optimizer(model, tx)
         for _ in range(spec.epochs):
             losses.append(opt(model, optimizer, x, y))
     else:
