@@ -86,7 +86,8 @@ def test_rmsprop_and_momentum_steps_by_hand():
 def test_every_variant_atom_changes_the_trajectory_it_names(atom):
     family = {"eps-hat": "adam", "eps-inside-sqrt": "rmsprop", "ones-init": "rmsprop",
               "nesterov-chainer": "nesterov", "nesterov-wd-updated-weight": "nesterov",
-              "float32-rescale-grad": "sgd", "float32-beta-powers": "adam"}.get(atom, "momentum")
+              "float32-rescale-grad": "sgd", "float32-beta-powers": "adam",
+              "autodiff-written-out": "rmsprop"}.get(atom, "momentum")
     # A mean over 3 rows: 1/3 is not a float32 number.
     batching = {"float32-rescale-grad": {"batch_size": 3, "reduction": "mean"}}.get(atom, {})
     # Atoms that qualify another one are compared with and without it.
@@ -94,10 +95,14 @@ def test_every_variant_atom_changes_the_trajectory_it_names(atom):
                  "float32-beta-powers": ("eps-hat",)}.get(atom, ())
     hp = {"adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
           "rmsprop": {"rho": 0.9, "eps": 1e-8}, "sgd": {}}.get(family, {"momentum": 0.9})
-    hp = {**hp, "weight_decay": 0.01}
-    base = oracle.solve([problem(family, hp, lr=0.1, epochs=20, variant=alongside,
+    # The written-out loss loses digits only once a sigmoid saturates, and
+    # RMSprop's 1/sqrt(s) amplifies it: no weight decay, a long run.
+    lr, epochs = (0.5, 1000) if atom == "autodiff-written-out" else (0.1, 20)
+    if atom != "autodiff-written-out":
+        hp = {**hp, "weight_decay": 0.01}
+    base = oracle.solve([problem(family, hp, lr=lr, epochs=epochs, variant=alongside,
                                  **batching)])[0]
-    other = oracle.solve([problem(family, hp, lr=0.1, epochs=20, variant=(*alongside, atom),
+    other = oracle.solve([problem(family, hp, lr=lr, epochs=epochs, variant=(*alongside, atom),
                                   **batching)])[0]
     dev = max(float(np.max(np.abs(base.params_final[k] - other.params_final[k])))
               for k in base.params_final)
@@ -162,7 +167,10 @@ def test_raw_level_writes_every_family_out_as_the_textbook(backend):
         if registry.known_departure(c):
             continue
         assert rec.status == "ok", rec.message
-        assert rec.agrees is True and not registry.departures(c), (family, rec.oracle_dev)
+        # The rule is the textbook's; the gradient may be autodiff's through
+        # the written-out loss (autograd), a variant of the gradient only.
+        assert set(registry.departures(c)) <= {"autodiff-written-out"}, family
+        assert rec.agrees is True, (family, rec.oracle_dev)
 
 
 @pytest.mark.parametrize("batch,reduction,family", [(1, "sum", "adam"), (2, "mean", "sgd")])
@@ -195,10 +203,12 @@ def test_float32_past_the_table_runs_and_says_unjudged():
 def test_horizon_judges_up_to_where_roundoff_is_amplified():
     # RMSprop at lr 0.5 crosses a plateau on multi xor near update 170: the
     # oracle's own trajectory, with a 64-ulp error per gradient, leaves the
-    # band there, and numpy (whose round-off differs from the oracle's)
-    # leaves it after: judged up to the horizon.
-    c = Cell("numpy", "raw", "multi", "xor", 0, "float64", hidden=2, epochs=300,
+    # band there, and torch (whose round-off differs from the oracle's)
+    # leaves it after: judged up to the horizon.  (numpy sums rows as the
+    # oracle does and stays within 1e-15 of it: no horizon.)
+    c = Cell("torch", "raw", "multi", "xor", 0, "float64", hidden=2, epochs=300,
              optimizer="rmsprop", rho=0.99)
+    require("torch")
     rec = run_cell(c)
     assert rec.status == "ok"
     assert rec.agrees is True and rec.horizon is not None and 150 < rec.horizon < 200

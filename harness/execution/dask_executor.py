@@ -1,7 +1,7 @@
 """The parent side of ``harness run --executor dask [--scheduler ADDR]``.
 
 ``DaskExecutor`` has the local ``engine.Engine``'s interface (``run(tasks,
-on_result)``, ``shutdown()``, ``timing``), so the runner appends, shows
+on_results)``, ``shutdown()``, ``timing``), so the runner appends, shows
 progress, handles Ctrl-C and writes tables exactly as it does locally;
 ``harness.runner.start_executor`` is the one place an executor is chosen.
 
@@ -243,10 +243,10 @@ class DaskExecutor:
         self.futures[future] = (task, losses)
         return future
 
-    def run(self, tasks: list[Task], on_result: Callable[[Task, Record], None]
+    def run(self, tasks: list[Task], on_results: Callable[[list[tuple[Task, Record]]], None]
             ) -> dict[str, BackendTiming]:
-        """Run every task on the cluster; on_result(task, record) as each
-        ends, in completion order."""
+        """Run every task on the cluster; on_results([(task, record)]) as
+        each ends, in completion order (tasks are single cells here)."""
         from distributed import KilledWorker, as_completed
 
         from harness.execution import dask_worker
@@ -292,7 +292,7 @@ class DaskExecutor:
                                          backend_version=self.versions.get(cell.backend))
             self.timing[cell.backend].cells += 1
             self.timing[cell.backend].train_seconds += record.seconds or 0.0
-            on_result(task, record)
+            on_results([(task, record)])
             left[cell.backend] -= 1
             if not left[cell.backend]:  # its subprocesses are let go everywhere
                 self.client.run(dask_worker.release_async, cell.backend, wait=False,

@@ -358,11 +358,13 @@ class Engine:
         self.workers.append(w)
         self.timing.setdefault(w.backend, BackendTiming()).workers += 1
 
-    def run(self, tasks: list[Task], on_result: Callable[[Task, Record], None]
+    def run(self, tasks: list[Task], on_results: Callable[[list[tuple[Task, Record]]], None]
             ) -> dict[str, BackendTiming]:
-        """Run every task; on_result(task, record) as each ends, in
-        completion order.  Every worker has ended when this returns."""
-        self.on_result = on_result
+        """Run every task; on_results([(task, record), ...]) as each ends, in
+        completion order: one call per task, with every record of a batch
+        task (each with its own cell) at once, so that the runner can store
+        them with one sync.  Every worker has ended when this returns."""
+        self.on_results = on_results
         # Backends in the order given; within one, the longest cells first,
         # so that no long cell is left for the end.
         for backend in dict.fromkeys(t.cell.backend for t in tasks):
@@ -454,16 +456,15 @@ class Engine:
             for record in got:
                 timing.cells += 1
                 timing.train_seconds += record.seconds or 0.0
-                self.on_result(dataclasses.replace(task, cell=record.cell, batch=()), record)
+            self.on_results([(dataclasses.replace(task, cell=r.cell, batch=()), r) for r in got])
 
     def _lose(self, w: Worker, status: Status, message: str) -> None:
         """End worker w; its current task, if any, gets this status."""
         task = w.task
         records = lost_records(w, status, message, self.versions.get(w.backend))
         self.workers.remove(w)
-        for record in records:
-            self.timing[w.backend].cells += 1
-            self.on_result(dataclasses.replace(task, cell=record.cell, batch=()), record)
+        self.timing[w.backend].cells += len(records)
+        self.on_results([(dataclasses.replace(task, cell=r.cell, batch=()), r) for r in records])
 
 
 def timeout_message(timeout: float) -> str:
