@@ -174,7 +174,8 @@ class LevelMismatch:
     dev: float
     tol: float
     # The oracle variant atoms that explain the second level's departure from
-    # the first (its optimizer object's formula, beyond what both share),
+    # the first (its optimizer object's formula, a loss computed in float32,
+    # beyond what both share),
     # when both follow the oracle: an explained difference, not a finding.
     explained_by: str | None = None
 

@@ -14,7 +14,9 @@ runs in float64 whatever the record's dtype.
   closed-form gradient ``dL/dz = sigmoid(z) - y`` back-propagated by hand.
 * Variants: a framework's optimizer object may compute its family's rule
   another way (epsilon in another place, hyperparameters held in float32,
-  another momentum form).  Each such departure is a named atom in
+  another momentum form), and a framework may compute parts of a float64
+  cell in float32 (Keras 3 on torch: its matmuls, its loss's value).  Each
+  such departure is a named atom in
   ``VARIANTS``; a backend names the atoms that explain a cell
   (``departures`` in ``harness.contract``), and the cell is judged against
   the textbook first and, when it departs, against the variant: it is
@@ -159,12 +161,27 @@ def _sigmoid(z):
         return 1.0 / (1.0 + np.exp(-z))
 
 
-def forward(params: dict[str, np.ndarray], x: np.ndarray):
+def _matmul_float32(a, b):
+    """``a @ b`` as torch's float32 CPU matmul computes it on the harness's
+    sizes (variant "float32-matmul"): both operands rounded to float32, each
+    product rounded to float32 and added in float32 in order along the inner
+    axis (no fused multiply-add), the result back in float64.  Measured
+    bit-exact against torch (2.13, CPU, AVX2; another CPU kernel may sum
+    in another order) for inner axes of 1 to 4 (hidden
+    units up to 4, truth tables of up to 4 rows); not for 8."""
+    a, b = np.asarray(a).astype(np.float32), np.asarray(b).astype(np.float32)
+    out = a[..., :, 0:1] * b[..., 0:1, :]
+    for i in range(1, a.shape[-1]):
+        out = out + a[..., :, i:i + 1] * b[..., i:i + 1, :]
+    return out.astype(np.float64)
+
+
+def forward(params: dict[str, np.ndarray], x: np.ndarray, matmul=np.matmul):
     """(logits (B, R, 1), hidden activations (B, R, H) or None) for rows x (R, n)."""
     if "W" in params:
-        return x @ params["W"] + params["b"][:, None, :], None
-    h = _sigmoid(x @ params["W1"] + params["b1"][:, None, :])
-    return h @ params["W2"] + params["b2"][:, None, :], h
+        return matmul(x, params["W"]) + params["b"][:, None, :], None
+    h = _sigmoid(matmul(x, params["W1"]) + params["b1"][:, None, :])
+    return matmul(h, params["W2"]) + params["b2"][:, None, :], h
 
 
 def _sum_rows(a):
@@ -177,17 +194,34 @@ def _sum_rows(a):
     return out
 
 
-def loss_and_grad_batch(params, x, y):
-    """(summed cross-entropy (B,), its closed-form gradient, logits) per problem."""
-    z, h = forward(params, x)
-    loss = _sum_rows(np.logaddexp(0.0, z) - y * z)[:, 0]
+def _row_losses(z, y, rows32: bool = False):
+    """Each problem's cross-entropy summed over the rows (B,); ``rows32``:
+    each row's rounded to float32 first ("float32-row-loss")."""
+    rows = np.logaddexp(0.0, z) - y * z
+    if rows32:
+        rows = rows.astype(np.float32).astype(np.float64)
+    return _sum_rows(rows)[:, 0]
+
+
+def loss_and_grad_batch(params, x, y, matmul=np.matmul, rows32: bool = False,
+                        scale=None):
+    """(summed cross-entropy (B,), its closed-form gradient, logits) per problem.
+    ``matmul``: how every product of the forward and backward pass is taken
+    (``_matmul_float32`` for "float32-matmul"); ``rows32``: the loss's rows
+    rounded to float32 ("float32-row-loss", the value only); ``scale``: a
+    factor on dL/dz before it is back-propagated (a mean's 1 / rows, where
+    the products round: the caller then leaves the gradient as it is)."""
+    z, h = forward(params, x, matmul)
+    loss = _row_losses(z, y, rows32)
     dz = _sigmoid(z) - y
+    if scale is not None:
+        dz = dz * scale
     if h is None:
-        return loss, {"W": x.T @ dz, "b": _sum_rows(dz)}, z
-    dh = dz @ np.swapaxes(params["W2"], 1, 2)
+        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z
+    dh = matmul(dz, np.swapaxes(params["W2"], 1, 2))
     da = dh * h * (1.0 - h)
-    return loss, {"W1": x.T @ da, "b1": _sum_rows(da),
-                  "W2": np.swapaxes(h, 1, 2) @ dz, "b2": _sum_rows(dz)}, z
+    return loss, {"W1": matmul(x.T, da), "b1": _sum_rows(da),
+                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z
 
 
 def _sigmoid_primitives_grad(g, a):
@@ -200,24 +234,25 @@ def _sigmoid_primitives_grad(g, a):
     return -(-g * 1.0 / (d * d) * e)
 
 
-def loss_and_grad_written_out(params, x, y):
+def loss_and_grad_written_out(params, x, y, matmul=np.matmul, rows32: bool = False,
+                              scale=None):
     """``loss_and_grad_batch``'s gradient as an autodiff framework computes it
     through the notebook's written-out loss -log(y p + (1 - y)(1 - p)) and
     sigmoids written as 1 / (1 + exp(-z)) (variant "autodiff-written-out"):
     dL/dp = -(y - (1 - y)) / u, then each sigmoid by its primitives."""
-    z, h = forward(params, x)
-    loss = _sum_rows(np.logaddexp(0.0, z) - y * z)[:, 0]
+    z, h = forward(params, x, matmul)
+    loss = _row_losses(z, y, rows32)
     p = _sigmoid(z)
     u = y * p + (1 - y) * (1 - p)
-    gu = -1.0 / u
+    gu = -1.0 / u if scale is None else -scale / u
     dz = _sigmoid_primitives_grad(gu * y - gu * (1 - y), z)
     if h is None:
-        return loss, {"W": x.T @ dz, "b": _sum_rows(dz)}, z
-    dh = dz @ np.swapaxes(params["W2"], 1, 2)
-    a = x @ params["W1"] + params["b1"][:, None, :]
+        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z
+    dh = matmul(dz, np.swapaxes(params["W2"], 1, 2))
+    a = matmul(x, params["W1"]) + params["b1"][:, None, :]
     da = _sigmoid_primitives_grad(dh, a)
-    return loss, {"W1": x.T @ da, "b1": _sum_rows(da),
-                  "W2": np.swapaxes(h, 1, 2) @ dz, "b2": _sum_rows(dz)}, z
+    return loss, {"W1": matmul(x.T, da), "b1": _sum_rows(da),
+                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z
 
 
 def _batched(params):
@@ -305,6 +340,20 @@ VARIANTS: dict[str, str] = {
                             "of 1 - p as p nears 1 (a relative error eps / (1 - p), which an "
                             "adaptive optimizer's g / sqrt(s) turns into a step error once the "
                             "loss is ~1e-8)",
+    "float32-matmul": "every matrix product of the forward and backward pass is computed in "
+                      "float32: both operands rounded to float32, each product rounded and "
+                      "added in float32 in order along the inner axis, the result back in "
+                      "float64 (the gradient reaching a product rounded to float32 with it); "
+                      "biases, sigmoids, the loss and the update stay float64 (Keras 3 on "
+                      "torch: keras.ops.matmul, and Dense with it, computes float64 operands "
+                      "in Keras' promoted dtype, float32 off TensorFlow)",
+    "float32-row-loss": "the loss's value (not its gradient) is the sum of each row's "
+                        "cross-entropy rounded to float32, and with reduction mean that "
+                        "sum rounded to float32 and divided by the rows in float32 (Keras 3 "
+                        "on torch: BinaryCrossentropy takes ops.mean over the last axis, a "
+                        "single output, and a mean's ops.divide_no_nan, both computed in "
+                        "float32 off TensorFlow; the mean's gradient is "
+                        "float32-rescale-grad's)",
     "float64-weight-decay": "with float32-hparams, the weight decay stays exact (L2 written "
                             "into the loss in the parameters' dtype, not passed to the "
                             "optimizer)",
@@ -403,8 +452,8 @@ class _Rule:
         return powers[self.t - 1]
 
 
-def _all_right(params, x, y):
-    z, _ = forward(params, x)
+def _all_right(params, x, y, matmul=np.matmul):
+    z, _ = forward(params, x, matmul)
     return np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
 
 
@@ -417,32 +466,50 @@ def _gradient_descent(params, x, y, problem: "Problem"):
     n = problem.epochs * len(slices)
     rule = _Rule(problem.rule, problem.lr, dict(problem.hp), problem.variant)
     full = len(slices) == 1
-    gradient = (loss_and_grad_written_out if "autodiff-written-out" in problem.variant
-                else loss_and_grad_batch)
+    matmul = _matmul_float32 if "float32-matmul" in problem.variant else np.matmul
+    written_out = "autodiff-written-out" in problem.variant
+    rows32 = "float32-row-loss" in problem.variant
+
+    def mean(loss, count):
+        if rows32:  # the sum rounded to float32 and divided in float32
+            return (loss.astype(np.float32) / np.float32(count)).astype(np.float64)
+        return loss / count
+
+    def gradient(params, x, y, scale=None):
+        return (loss_and_grad_written_out if written_out else loss_and_grad_batch)(
+            params, x, y, matmul, rows32, scale)
     signs = np.random.default_rng(0)  # the horizon probe's, when it runs
     curve = np.empty((y.shape[0], n))
     right = np.empty((y.shape[0], n + 1), dtype=bool)
     u = 0
     for _ in range(problem.epochs):
         for sl in slices:
-            loss, grad, z = gradient(params, x[sl], y[:, sl])
-            if problem.reduction == "mean":
-                count = sl.stop - sl.start
-                scale = _f32(1 / count) if "float32-rescale-grad" in problem.variant else None
-                loss, grad = loss / count, {k: v / count if scale is None else v * scale
-                                            for k, v in grad.items()}
+            count = sl.stop - sl.start
+            rescale = "float32-rescale-grad" in problem.variant
+            if problem.reduction == "mean" and matmul is _matmul_float32:
+                # float32 products: the mean's 1 / rows reaches dL/dz before
+                # they round it, as autodiff of loss / rows carries it.
+                loss, grad, z = gradient(params, x[sl], y[:, sl],
+                                         _f32(1 / count) if rescale else 1 / count)
+                loss = mean(loss, count)
+            else:
+                loss, grad, z = gradient(params, x[sl], y[:, sl])
+                if problem.reduction == "mean":
+                    loss, grad = mean(loss, count), {
+                        k: v * _f32(1 / count) if rescale else v / count
+                        for k, v in grad.items()}
             curve[:, u] = loss
             right[:, u] = (np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2)) if full
-                           else _all_right(params, x, y))
+                           else _all_right(params, x, y, matmul))
             rule.t += 1
             params = {k: rule.step(k, v, grad[k]) for k, v in params.items()}
             if problem.jitter:
                 params = {k: v * (1 + problem.jitter * signs.choice((-1.0, 1.0), v.shape))
                           for k, v in params.items()}
             u += 1
-    loss, _, z = loss_and_grad_batch(params, x, y)
+    loss, _, z = loss_and_grad_batch(params, x, y, matmul, rows32)
     if problem.reduction == "mean":
-        loss = loss / rows
+        loss = mean(loss, rows)
     right[:, n] = np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
     return params, curve, loss, _sigmoid(z)[:, :, 0], right
 

@@ -252,8 +252,10 @@ def verdict_summary(records: list[Record]) -> str:
                 key = (m.backend, m.levels[1], m.explained_by)
                 explained[key] = explained.get(key, 0) + 1
         if explained:
-            lines.append("levels that differ where the optimizer object departs from the "
-                         "hand-written textbook rule (explained, not findings): " + ", ".join(
+            lines.append("levels that differ where one level departs from the textbook by "
+                         "more named oracle variants than the other (an optimizer object's "
+                         "formula, a loss computed in float32; explained, not findings): "
+                         + ", ".join(
                              f"{b} {lv} {n} cells ({v})" for (b, lv, v), n in explained.items()))
     conv = analysis.convergence(records)
     if len({r.seed for r in records}) > 1:

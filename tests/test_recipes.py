@@ -106,6 +106,9 @@ def test_every_variant_atom_changes_the_trajectory_it_names(atom):
                                   **batching)])[0]
     dev = max(float(np.max(np.abs(base.params_final[k] - other.params_final[k])))
               for k in base.params_final)
+    if atom == "float32-row-loss":
+        # The loss's value only: the curve is what it names.
+        dev = float(np.max(np.abs(base.loss_curve - other.loss_curve)))
     assert dev > 1e-9, (atom, dev)
 
 
@@ -140,7 +143,8 @@ def test_optimizer_level_agrees_or_is_explained_by_its_named_variant(backend, fa
     assert rec.rule == family and rec.hparams_used and rec.hparams_used["lr"] == c.lr
     known = registry.known_departure(c)
     atoms = registry.departures(c)
-    if known:
+    if known and not (atoms and rec.explained_by == "+".join(atoms)):
+        # (A known departure its named variant reproduces is checked below.)
         pytest.xfail(f"known departure: {known}")
     if atoms and rec.agrees is False:
         # The textbook does not reproduce the framework; its named variant does.
@@ -185,9 +189,10 @@ def test_batches_and_reduction_at_the_optimizer_level(backend, batch, reduction,
     rec = cached_run(c)
     assert rec.status == "ok", rec.message
     assert len(rec.loss_curve) == updates(c) == 60 * 4 // batch
-    if registry.known_departure(c):
+    atoms = registry.departures(c)
+    if registry.known_departure(c) and not (atoms and rec.explained_by == "+".join(atoms)):
         pytest.xfail(registry.known_departure(c))
-    assert rec.agrees is True or rec.explained_by == "+".join(registry.departures(c)), (
+    assert rec.agrees is True or rec.explained_by == "+".join(atoms), (
         rec.oracle_dev, rec.departed, rec.explained_by)
 
 

@@ -6,13 +6,16 @@ textbook exactly by the atoms ``departures`` names, and, unlike Keras on
 TensorFlow, without float32 casts (JAX's cast of a Python float is exact).
 keras-torch computes float64 matmuls in float32 (its ``known_departure``),
 so its recipes are checked at float32: every family runs and reads back its
-hyperparameters.  Single layer, ``and``, seed 0, 60 epochs.
+hyperparameters.  Single layer, ``and``, seed 0, 60 epochs.  Its float64
+cells are pinned to the oracle variants that reproduce them
+(``float32-matmul``, ``float32-row-loss``, ``float32-rescale-grad``): the
+textbook misses them, the variant reproduces them, and each atom is needed.
 """
 import pytest
 
 from harness import registry
 from harness.compare import relative_deviation, tolerance
-from harness.oracle import Problem, solve
+from harness.oracle import Problem, solve, verdict
 from harness.tasks import OPTIMIZERS
 
 from conftest import cached_run, make_cell, require
@@ -105,3 +108,60 @@ def test_keras_torch_runs_every_family(family):
             # RMSprop's normalized steps amplify float32 round-off beyond the
             # float32 band here (the tensorflow row's raw level too).
             assert rec.agrees or rec.explained_by, (level, rec.oracle_dev)
+
+
+def explained_by(rec, atoms) -> bool:
+    """Whether the oracle variant of ``atoms`` alone explains ``rec``."""
+    textbook, variant = solve([Problem.of(rec), Problem.of(rec, atoms)])
+    return verdict(rec, textbook, variant, atoms)["explained_by"] == "+".join(atoms)
+
+
+@pytest.mark.parametrize("arch,gate", [("single", "nand"), ("multi", "xor")])
+@pytest.mark.parametrize("level", ["raw", "module", "optimizer"])
+def test_keras_torch_float64_is_float32_matmul(level, arch, gate):
+    """Keras 3 on torch computes float64 matmuls (forward and autograd's
+    backward) in float32: the textbook misses the cell (measured 2.1e-8
+    single nand, 2.9e-9 multi xor, every level), the variant reproduces it
+    (measured 0 and 8e-17).  The module and optimizer levels' loss, through
+    BinaryCrossentropy's float32 mean, needs float32-row-loss too."""
+    require("keras-torch")
+    rec = cached_run(make_cell("keras-torch", level, arch, gate))
+    assert rec.status == "ok", rec.message
+    atoms = registry.departures(rec.cell)
+    want = ("float32-matmul",) if level == "raw" else ("float32-matmul", "float32-row-loss")
+    assert atoms == want
+    assert rec.agrees is False and rec.oracle_dev > rec.tolerance
+    assert rec.explained_by == "+".join(atoms), (rec.oracle_dev, rec.departed)
+    variant = solve([Problem.of(rec, atoms)])[0]
+    assert relative_deviation(rec.params_final, variant.params_final) <= 1e-12
+    if level != "raw":
+        # Without the row loss's rounding the parameters agree, the curve does not.
+        alone = solve([Problem.of(rec, ("float32-matmul",))])[0]
+        assert relative_deviation(rec.params_final, alone.params_final) <= 1e-12
+        assert not explained_by(rec, ("float32-matmul",))
+        assert not explained_by(rec, ("float32-row-loss",))
+
+
+def test_keras_torch_float64_mean_is_float32_rescale_grad():
+    """A mean over 3 rows: Keras' ops.divide_no_nan divides the loss in
+    float32, so the gradient is scaled by float32(1 / 3)."""
+    require("keras-torch")
+    rec = cached_run(make_cell("keras-torch", "module", "single", "nand", epochs=60,
+                               batch_size=3, reduction="mean"))
+    assert rec.status == "ok", rec.message
+    assert rec.agrees is False
+    assert rec.explained_by == "float32-matmul+float32-row-loss+float32-rescale-grad"
+    assert not explained_by(rec, ("float32-matmul", "float32-row-loss"))
+
+
+def test_keras_torch_float32_matmul_is_measured_up_to_four_hidden_units():
+    # torch sums a 4-row matrix times a vector of 5 or more in another order
+    # (measured --hidden 8: 3.2e-7 from the variant): not named there, the
+    # known departure remains.
+    narrow = make_cell("keras-torch", "raw", "multi", "xor", hidden=4)
+    wide = make_cell("keras-torch", "raw", "multi", "xor", hidden=8)
+    assert registry.departures(narrow) == ("float32-matmul",)
+    assert registry.departures(wide) == ()
+    assert registry.known_departure(wide) and registry.known_departure(narrow)
+    assert registry.departures(make_cell("keras-torch", "raw", "single", "nand",
+                                         dtype="float32")) == ()
