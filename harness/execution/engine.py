@@ -156,7 +156,7 @@ class Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, env=worker_env())
         self.fd = self.proc.stdout.fileno()
-        self.buffer = b""
+        self.pending: list[bytes] = []  # the chunks of a line not yet ended
         self.hello: dict | None = None
         self.task: Task | None = None
         self.deadline: float | None = time.monotonic() + IMPORT_TIMEOUT
@@ -187,10 +187,16 @@ class Worker:
 
     def read(self) -> list[dict] | None:
         """Answers received so far (the hello is kept aside), or None at EOF."""
-        data = os.read(self.fd, 1 << 16)
+        data = os.read(self.fd, 1 << 20)
         if not data:
             return None
-        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        self.pending.append(data)
+        if b"\n" not in data:
+            # A batch's answer is one line of many megabytes: joined once,
+            # when it ends (joining at every read was quadratic).
+            return []
+        *lines, rest = b"".join(self.pending).split(b"\n")
+        self.pending = [rest] if rest else []
         messages = [json.loads(line) for line in lines]
         for msg in messages:
             if "state" in msg:
