@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from backends import keras_common
+from backends.curve import LossCurve
 from harness.tasks import TrainResult, TrainSpec, batches
 
 NAME = "keras-jax"
@@ -122,8 +123,11 @@ def _raw_step(spec: TrainSpec, rule):
         mean = spec.reduction == "mean"
 
         def step(params, state, t, x, y):
+            # t, the update count in the cell's dtype, is carried on the
+            # device and counted here (exact below 2**24 updates in float32):
+            # a new array per update from the host cost as much as the step.
             loss, grads = jax.value_and_grad(_raw_loss)(params, x, y, mean)
-            return (loss, *keras_common.textbook_update(rule, t, state, params, grads))
+            return (loss, *keras_common.textbook_update(rule, t, state, params, grads), t + 1)
 
         _RAW_STEPS[key] = jax.jit(step) if spec.mode == "compiled" else step
     return _RAW_STEPS[key]
@@ -146,6 +150,7 @@ def _info(spec: TrainSpec) -> dict:
 
 
 def train_raw(spec: TrainSpec) -> TrainResult:
+    import jax
     import jax.numpy as jnp
     import keras
 
@@ -156,16 +161,17 @@ def train_raw(spec: TrainSpec) -> TrainResult:
     state = keras_common.zero_state(rule, params, jnp.zeros_like)
     data = [(x[rows], y[rows]) for rows in batches(spec.cell)]
     start = {k: np.asarray(v) for k, v in params.items()}
-    curve = []
+    curve = LossCurve(lambda losses: [float(v) for v in jax.device_get(losses)])
+    t = jnp.asarray(1, dtype=spec.dtype)
     for _ in range(spec.epochs):
         for xb, yb in data:
-            t = jnp.asarray(len(curve) + 1, dtype=spec.dtype)
-            loss, params, state = step(params, state, t, xb, yb)
-            curve.append(float(loss))
+            loss, params, state, t = step(params, state, t, xb, yb)
+            curve.append(loss)
     loss, p = keras_common.written_out_loss(keras.ops, params, x, y, spec.reduction == "mean")
     # jax's tree maps return dicts in sorted key order: back to canonical.
     return TrainResult(params_start=start, params_final={k: np.asarray(params[k]) for k in start},
-                       loss_curve=curve, loss_final=float(loss), probs=np.asarray(p).reshape(-1),
+                       loss_curve=curve.floats(), loss_final=float(loss),
+                       probs=np.asarray(p).reshape(-1),
                        info=_info(spec), hparams=rule.hp)
 
 
@@ -183,21 +189,22 @@ def _hand_train(model, loss_fn, data, spec: TrainSpec, rule) -> list[float]:
         return loss_fn(y, z)
 
     def step(values, state, t, x, y):
+        # t counted on the device, as in train_raw.
         loss, grads = jax.value_and_grad(loss_of)(values, x, y)
-        return (loss, *keras_common.textbook_update(rule, t, state, values, grads))
+        return (loss, *keras_common.textbook_update(rule, t, state, values, grads), t + 1)
 
     if spec.mode == "compiled":
         step = jax.jit(step)
     state = keras_common.zero_state(rule, trainable, jnp.zeros_like)
-    curve = []
+    curve = LossCurve(lambda losses: [float(v) for v in jax.device_get(losses)])
+    t = jnp.asarray(1, dtype=spec.dtype)
     for _ in range(spec.epochs):
         for x, y in data:
-            t = jnp.asarray(len(curve) + 1, dtype=spec.dtype)
-            loss, trainable, state = step(trainable, state, t, x, y)
-            curve.append(float(loss))
+            loss, trainable, state, t = step(trainable, state, t, x, y)
+            curve.append(loss)
     for variable, name in zip(model.trainable_variables, names):
         variable.assign(trainable[name])
-    return curve
+    return curve.floats()
 
 
 def _fit_data(spec: TrainSpec) -> dict:

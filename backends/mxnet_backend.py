@@ -277,9 +277,14 @@ def train_raw(spec: TrainSpec) -> TrainResult:
             curve.append(loss)
             rule.tick()
             for name, p in params.items():
-                # In place: p keeps its gradient buffer.  copyto is one
-                # operator; p[:] = ... goes through NDArray's indexing first.
-                rule.step(name, p, p.grad).copyto(p)
+                # In place: p keeps its gradient buffer.  Plain SGD as the
+                # notebook writes it (two operators, the same arithmetic as
+                # p - lr * g); otherwise the rule's value, copied in (copyto
+                # is one operator; p[:] = ... goes through indexing first).
+                if rule.plain:
+                    p -= rule.hp["lr"] * p.grad
+                else:
+                    rule.step(name, p, p.grad).copyto(p)
     p = forward(x)
     loss = loss_of(p, y)
     return TrainResult(params_start=start, params_final={k: v.asnumpy() for k, v in params.items()},
@@ -402,7 +407,10 @@ def _train_module(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
                 rule.tick()
                 for name, param in params.items():
                     weight = param.data()  # the stored array itself, updated in place
-                    rule.step(name, weight, param.grad()).copyto(weight)
+                    if rule.plain:  # as in train_raw
+                        weight -= rule.hp["lr"] * param.grad()
+                    else:
+                        rule.step(name, weight, param.grad()).copyto(weight)
             curve.append(loss)
     z = net(x)
     each = loss_fn(z, y)

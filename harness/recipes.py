@@ -51,10 +51,16 @@ class Textbook:
     def tick(self) -> None:
         self.t += 1
 
+    @property
+    def plain(self) -> bool:
+        """Plain SGD without weight decay: the update is ``p - lr * g``, which a
+        caller may write in place (``p -= lr * g``, the same arithmetic)."""
+        return self.family == "sgd" and not self.hp.get("weight_decay")
+
     def step(self, name: str, p, g):
         hp, family = self.hp, self.family
         lr = hp["lr"]
-        if family == "sgd" and not hp.get("weight_decay"):
+        if self.plain:
             return p - lr * g  # today's update, bit for bit
         if hp.get("weight_decay"):
             g = g + hp["weight_decay"] * p

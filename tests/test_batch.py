@@ -90,6 +90,21 @@ def test_batched_records_match_per_seed(backend, level, sample, mode):
             assert got.agrees == want.agrees
 
 
+def test_batched_numpy_is_per_seed_numpy_bit_for_bit_for_seeds_0_to_19():
+    """The issue's must-show: 20 seeds of the multi-layer xor cell, one batch,
+    every record's numbers the per-seed record's bits."""
+    cells = tuple(make_cell("numpy", "raw", "multi", "xor", seed=s, dtype="float32")
+                  for s in range(20))
+    for cell, got in zip(cells, cached_batch(cells)):
+        want = cached_run(cell)
+        assert got.info["batched"] == 20 and got.agrees is True
+        for field in COMPARED:
+            a, b = getattr(got, field), getattr(want, field)
+            if field in ("loss_curve", "probs"):
+                a, b = list(map(float, a)), list(map(float, b))
+            assert json.dumps(a) == json.dumps(b), f"seed {cell.seed}: {field} differs"
+
+
 def test_batched_oracle_is_the_per_seed_oracle_bit_for_bit():
     """The oracle solves problems with a leading batch axis; one problem
     alone and twenty together give the same bits."""
