@@ -266,12 +266,6 @@ def _raw_step(params, state, x, y, hp, t, family="sgd", mean=False):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(fn):
-    import jax
-    return jax.jit(fn, static_argnames=("hp", "family", "mean"))
-
-
-@functools.lru_cache(maxsize=None)
 def _bound_step(fn, jit: bool, hp: tuple, family: str, mean: bool):
     """``fn(params, state, x, y, t=t)`` with the static arguments bound, jitted
     once per binding (compiled) or not (eager): binding them here rather
@@ -358,15 +352,16 @@ def train_raw_batch(spec: BatchSpec) -> BatchResult:
     jax, jnp, x, y = _arrays(spec)
     params = {k: jnp.asarray(v) for k, v in spec.params.items()}
     hp = in_effect(spec.cell, optimizer_defaults)
-    step = _jitted(_raw_step_seeds) if spec.mode == "compiled" else _raw_step_seeds
     mean = spec.reduction == "mean"
+    step = _bound_step(_raw_step_seeds, spec.mode == "compiled", tuple(hp.items()),
+                       spec.optimizer, mean)
     start = {k: np.asarray(v) for k, v in params.items()}
     losses, state, t = [], {}, 0
+    data = _batches(spec, x, y)
     for _ in range(spec.epochs):
-        for xb, yb in _batches(spec, x, y):
+        for xb, yb in data:
             t += 1
-            loss, params, state = step(params, state, xb, yb, hp=tuple(hp.items()), t=t,
-                                       family=spec.optimizer, mean=mean)
+            loss, params, state = step(params, state, xb, yb, t=t)
             losses.append(loss)
     loss, p = _final_seeds(params, x, y, mean)
     return BatchResult(params_start=start, params_final={k: np.asarray(params[k]) for k in start},

@@ -149,6 +149,11 @@ def _info(spec: TrainSpec) -> dict:
     return {"x64": bool(jax.config.jax_enable_x64)}
 
 
+def _curve(jax) -> LossCurve:
+    """Losses kept on the device, copied to the host a block at a time."""
+    return LossCurve(lambda losses: [float(v) for v in jax.device_get(losses)])
+
+
 def train_raw(spec: TrainSpec) -> TrainResult:
     import jax
     import jax.numpy as jnp
@@ -161,7 +166,7 @@ def train_raw(spec: TrainSpec) -> TrainResult:
     state = keras_common.zero_state(rule, params, jnp.zeros_like)
     data = [(x[rows], y[rows]) for rows in batches(spec.cell)]
     start = {k: np.asarray(v) for k, v in params.items()}
-    curve = LossCurve(lambda losses: [float(v) for v in jax.device_get(losses)])
+    curve = _curve(jax)
     t = jnp.asarray(1, dtype=spec.dtype)
     for _ in range(spec.epochs):
         for xb, yb in data:
@@ -196,7 +201,7 @@ def _hand_train(model, loss_fn, data, spec: TrainSpec, rule) -> list[float]:
     if spec.mode == "compiled":
         step = jax.jit(step)
     state = keras_common.zero_state(rule, trainable, jnp.zeros_like)
-    curve = LossCurve(lambda losses: [float(v) for v in jax.device_get(losses)])
+    curve = _curve(jax)
     t = jnp.asarray(1, dtype=spec.dtype)
     for _ in range(spec.epochs):
         for x, y in data:
