@@ -133,11 +133,13 @@ def framework_version() -> str:
     return chainer.__version__
 
 
-def _raw_graph(chainer, spec: TrainSpec):
-    """Variables for the canonical parameters, a forward pass and the
-    written-out loss (summed or averaged over the rows) for rows ``x``."""
+def _raw_graph(chainer, spec: TrainSpec, arrays: dict | None = None, axis=None):
+    """Variables for the canonical parameters (or ``arrays``), a forward pass
+    and the written-out loss for rows ``x``, summed or averaged over ``axis``
+    (all of it; the batched level's rows and outputs, one loss per seed)."""
     F = chainer.functions
-    params = {k: chainer.Variable(v.copy(), requires_grad=True) for k, v in spec.params.items()}
+    arrays = spec.params if arrays is None else arrays
+    params = {k: chainer.Variable(v.copy(), requires_grad=True) for k, v in arrays.items()}
 
     def forward(x):
         if spec.arch == "single":
@@ -147,7 +149,8 @@ def _raw_graph(chainer, spec: TrainSpec):
 
     def loss_of(p, y):
         each = F.log(y * p + (1 - y) * (1 - p))
-        return -(F.mean(each) if spec.reduction == "mean" else F.sum(each))
+        return -(F.mean(each, axis=axis) if spec.reduction == "mean" else
+                 F.sum(each, axis=axis))
 
     return params, forward, loss_of
 
@@ -330,22 +333,8 @@ def _raw_graph_seeds(chainer, spec: BatchSpec):
     (S, 1, k), so ``F.matmul(x, W)`` of x (R, n) is numpy's matmul looping
     over the seeds (one (R, n) @ (n, k) product each, as per seed) and the
     bias broadcasts over the rows; the loss is one per seed, (S,)."""
-    F = chainer.functions
-    params = {k: chainer.Variable((v[:, None, :] if v.ndim == 2 else v).copy(),
-                                  requires_grad=True) for k, v in spec.params.items()}
-
-    def forward(x):
-        if spec.arch == "single":
-            return F.sigmoid(F.matmul(x, params["W"]) + params["b"])
-        h = F.sigmoid(F.matmul(x, params["W1"]) + params["b1"])
-        return F.sigmoid(F.matmul(h, params["W2"]) + params["b2"])
-
-    def loss_of(p, y):
-        each = F.log(y * p + (1 - y) * (1 - p))
-        return -(F.mean(each, axis=(1, 2)) if spec.reduction == "mean" else
-                 F.sum(each, axis=(1, 2)))
-
-    return params, forward, loss_of
+    arrays = {k: v[:, None, :] if v.ndim == 2 else v for k, v in spec.params.items()}
+    return _raw_graph(chainer, spec, arrays, axis=(1, 2))
 
 
 def train_raw_batch(spec: BatchSpec) -> BatchResult:
