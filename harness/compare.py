@@ -124,16 +124,22 @@ def relative_deviation(a: dict, b: dict) -> float:
     """
     if list(a) != list(b):
         raise ValueError(f"parameter names differ: {list(a)} vs {list(b)}")
-    worst = 0.0
+    xs, ys = [], []
     for name in b:
         x, y = np.asarray(a[name], dtype=np.float64), np.asarray(b[name], dtype=np.float64)
         if x.shape != y.shape:
             raise ValueError(f"parameter {name} shapes differ: {x.shape} vs {y.shape}")
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            return float("inf")
-        if x.size:
-            worst = max(worst, float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1.0))))
-    return worst
+        xs.append(x.ravel())
+        ys.append(y.ravel())
+    if not xs:
+        return 0.0
+    # One pass over every parameter: the largest of all elements is the
+    # largest of the per-parameter largest, and a few calls instead of a few
+    # per parameter (judging 10,000 batched seeds calls this 10,000 times).
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("inf")
+    return float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1.0), initial=0.0))
 
 
 # The oracle's analytic gradient against a float64 central difference with

@@ -205,7 +205,8 @@ def _row_losses(z, y, rows32: bool = False):
 
 def loss_and_grad_batch(params, x, y, matmul=np.matmul, rows32: bool = False,
                         scale=None):
-    """(summed cross-entropy (B,), its closed-form gradient, logits) per problem.
+    """(summed cross-entropy (B,), its closed-form gradient, logits,
+    probabilities) per problem.
     ``matmul``: how every product of the forward and backward pass is taken
     (``_matmul_float32`` for "float32-matmul"); ``rows32``: the loss's rows
     rounded to float32 ("float32-row-loss", the value only); ``scale``: a
@@ -213,15 +214,16 @@ def loss_and_grad_batch(params, x, y, matmul=np.matmul, rows32: bool = False,
     the products round: the caller then leaves the gradient as it is)."""
     z, h = forward(params, x, matmul)
     loss = _row_losses(z, y, rows32)
-    dz = _sigmoid(z) - y
+    p = _sigmoid(z)
+    dz = p - y
     if scale is not None:
         dz = dz * scale
     if h is None:
-        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z
+        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z, p
     dh = matmul(dz, np.swapaxes(params["W2"], 1, 2))
     da = dh * h * (1.0 - h)
     return loss, {"W1": matmul(x.T, da), "b1": _sum_rows(da),
-                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z
+                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z, p
 
 
 def _sigmoid_primitives_grad(g, a):
@@ -247,12 +249,12 @@ def loss_and_grad_written_out(params, x, y, matmul=np.matmul, rows32: bool = Fal
     gu = -1.0 / u if scale is None else -scale / u
     dz = _sigmoid_primitives_grad(gu * y - gu * (1 - y), z)
     if h is None:
-        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z
+        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z, p
     dh = matmul(dz, np.swapaxes(params["W2"], 1, 2))
     a = matmul(x, params["W1"]) + params["b1"][:, None, :]
     da = _sigmoid_primitives_grad(dh, a)
     return loss, {"W1": matmul(x.T, da), "b1": _sum_rows(da),
-                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z
+                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z, p
 
 
 def _batched(params):
@@ -261,7 +263,7 @@ def _batched(params):
 
 def loss_and_grad(params: dict, x, y) -> tuple[float, dict[str, np.ndarray]]:
     """One problem's loss and analytic gradient, canonical layout, float64."""
-    loss, grad, _ = loss_and_grad_batch(_batched(params), np.asarray(x, np.float64),
+    loss, grad, *_ = loss_and_grad_batch(_batched(params), np.asarray(x, np.float64),
                                         np.asarray(y, np.float64)[None])
     return float(loss[0]), {k: v[0] for k, v in grad.items()}
 
@@ -469,6 +471,7 @@ def _gradient_descent(params, x, y, problem: "Problem"):
     matmul = _matmul_float32 if "float32-matmul" in problem.variant else np.matmul
     written_out = "autodiff-written-out" in problem.variant
     rows32 = "float32-row-loss" in problem.variant
+    wanted = y > 0.5
 
     def mean(loss, count):
         if rows32:  # the sum rounded to float32 and divided in float32
@@ -489,17 +492,17 @@ def _gradient_descent(params, x, y, problem: "Problem"):
             if problem.reduction == "mean" and matmul is _matmul_float32:
                 # float32 products: the mean's 1 / rows reaches dL/dz before
                 # they round it, as autodiff of loss / rows carries it.
-                loss, grad, z = gradient(params, x[sl], y[:, sl],
-                                         _f32(1 / count) if rescale else 1 / count)
+                loss, grad, z, p = gradient(params, x[sl], y[:, sl],
+                                            _f32(1 / count) if rescale else 1 / count)
                 loss = mean(loss, count)
             else:
-                loss, grad, z = gradient(params, x[sl], y[:, sl])
+                loss, grad, z, p = gradient(params, x[sl], y[:, sl])
                 if problem.reduction == "mean":
                     loss, grad = mean(loss, count), {
                         k: v * _f32(1 / count) if rescale else v / count
                         for k, v in grad.items()}
             curve[:, u] = loss
-            right[:, u] = (np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2)) if full
+            right[:, u] = (np.all((p > 0.5) == wanted, axis=(1, 2)) if full
                            else _all_right(params, x, y, matmul))
             rule.t += 1
             params = {k: rule.step(k, v, grad[k]) for k, v in params.items()}
@@ -507,11 +510,11 @@ def _gradient_descent(params, x, y, problem: "Problem"):
                 params = {k: v * (1 + problem.jitter * signs.choice((-1.0, 1.0), v.shape))
                           for k, v in params.items()}
             u += 1
-    loss, _, z = loss_and_grad_batch(params, x, y, matmul, rows32)
+    loss, _, z, p = loss_and_grad_batch(params, x, y, matmul, rows32)
     if problem.reduction == "mean":
         loss = mean(loss, rows)
-    right[:, n] = np.all((_sigmoid(z) > 0.5) == (y > 0.5), axis=(1, 2))
-    return params, curve, loss, _sigmoid(z)[:, :, 0], right
+    right[:, n] = np.all((p > 0.5) == wanted, axis=(1, 2))
+    return params, curve, loss, p[:, :, 0], right
 
 
 def _perceptron(params, x, y, lr, epochs, online):

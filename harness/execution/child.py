@@ -138,9 +138,11 @@ def run_cell(cell: Cell, version: str | None = None) -> Record:
                                backend_version=version, info={"traceback": tb[-6:]})
 
 
-def _check_result(cell: Cell, result: TrainResult) -> None:
-    """A result's shape against its cell's (what the oracle relies on)."""
-    _check_start(cell, init_params(cell), result.params_start)
+def _check_result(cell: Cell, result: TrainResult, start_checked: bool = False) -> None:
+    """A result's shape against its cell's (what the oracle relies on);
+    ``start_checked``: its start was checked with its batch's."""
+    if not start_checked:
+        _check_start(cell, init_params(cell), result.params_start)
     if len(result.loss_curve) != updates(cell):
         raise AssertionError(f"loss_curve has {len(result.loss_curve)} entries, "
                              f"expected one per update ({updates(cell)})")
@@ -162,14 +164,17 @@ def run_batch(cells: list[Cell], version: str | None = None) -> list[Record]:
     try:
         spec = BatchSpec.from_cells(cells)
         t0 = time.perf_counter()
-        results = backend.train_batch(spec).split()
+        batch = backend.train_batch(spec)
         seconds = (time.perf_counter() - t0) / len(cells)
+        # Every seed's start at once: the stacked parameters it was given.
+        _check_start(cells[0], spec.params, batch.params_start)
+        results = batch.split()
         if len(results) != len(cells):
             raise AssertionError(f"the batch of {len(cells)} seeds returned {len(results)} "
                                  "results")
         records = []
         for cell, result in zip(cells, results):
-            _check_result(cell, result)
+            _check_result(cell, result, start_checked=True)
             result.info["batched"] = len(cells)
             records.append(record_from_result(cell, version, result, seconds))
         return judge_all(records)
