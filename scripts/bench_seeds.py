@@ -2,6 +2,7 @@
 
     python scripts/bench_seeds.py                  # both tables
     python scripts/bench_seeds.py --only speedup --seeds 1000 --sample 20
+    python scripts/bench_seeds.py --only speedup --backends numpy,jax
     python scripts/bench_seeds.py --only sweep --sweep-seeds 10000
 
 ``speedup``: for every backend and every level it declares batchable
@@ -63,12 +64,12 @@ def _ask(w: engine.Worker, request: dict) -> dict:
     return answer
 
 
-def speedup(seeds: int, sample: int, dtype: str) -> None:
+def speedup(seeds: int, sample: int, dtype: str, backends: list[str] | None = None) -> None:
     print(f"batched vs per seed: multi xor, 1000 updates, {dtype}, {seeds} seeds "
           f"(per seed: {sample} seeds, extrapolated); verdicts included")
     print(f"{'backend':<12} {'level':<10} {'batched s':>10} {'per seed s':>11} {'speed-up':>9}"
           f"  {'judged':>7}")
-    for name in registry.BACKENDS:
+    for name in backends or registry.BACKENDS:
         spec = registry.backend(name)
         if not spec.batched:
             print(f"{name:<12} {'-':<10} no batched level")
@@ -127,12 +128,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1000)
     ap.add_argument("--sample", type=int, default=20)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--backends", help="speedup: comma list (default: every backend)")
     ap.add_argument("--sweep-seeds", type=int, default=10_000)
     ap.add_argument("--sweep-backends", default="numpy,torch,jax")
     ap.add_argument("extra", nargs="*", help="extra `harness run` flags for the sweep, after --")
     args = ap.parse_args()
     if args.only in (None, "speedup"):
-        speedup(args.seeds, args.sample, args.dtype)
+        speedup(args.seeds, args.sample, args.dtype,
+                args.backends.split(",") if args.backends else None)
     if args.only in (None, "sweep"):
         sweep(args.sweep_seeds, args.sweep_backends, args.extra)
 
