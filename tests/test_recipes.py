@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from harness import oracle, registry
-from harness.execution.child import run_cell
+from harness.execution.child import run_batch, run_cell
 from harness.tasks import OPTIMIZERS, Cell, updates
 
 from conftest import cached_run, make_cell, require
@@ -222,3 +222,40 @@ def test_horizon_judges_up_to_where_roundoff_is_amplified():
     skewed = dataclasses.replace(rec, cell=dataclasses.replace(c, lr=0.5 * (1 + 1e-6)))
     judged = oracle.judge(skewed)
     assert judged.agrees is False and judged.first_departure < rec.horizon
+
+
+def test_horizon_takes_the_earliest_of_its_probes(monkeypatch):
+    # torch.optim's RMSprop (torch's defaults: rho 0.99, eps 1e-8) on multi
+    # and, seed 1, trained in a batch of seeds 0-2 (vmap: its round-off is
+    # not the per-seed one), amplifies round-off ~3x per update near update
+    # 172 and leaves the band there; the first probe stream leaves it at 173
+    # (its errors partly cancel along the amplified direction), the earliest
+    # of PROBE_STREAMS at or before 172.
+    require("torch")
+    cells = [Cell("torch", "optimizer", "multi", "and", s, "float64", hidden=2,
+                  optimizer="rmsprop", rho=0.99) for s in range(3)]
+    rec = run_batch(cells)[1]
+    assert rec.agrees is True and rec.first_departure is None
+    assert rec.horizon is not None and 150 < rec.horizon <= 172 and rec.oracle_dev > 1e-9
+    monkeypatch.setattr(oracle, "PROBE_STREAMS", 1)
+    oracle._CACHE.clear()
+    one = oracle.judge(rec)
+    assert one.agrees is False and one.explained_by is None and one.first_departure == 172
+
+
+def test_horizon_covers_the_rounding_of_p(monkeypatch):
+    # The textbook gradient p - y takes 1 - p from a rounded p; optax's
+    # logits loss keeps every digit of it.  Past convergence RMSprop carries
+    # that difference (a relative 1e-6 of a row's gradient at 1 - p = 1e-10)
+    # into every update: the final parameters differ by 9.3e-8 while the
+    # loss curve holds.  Only a probe that moves each probability by an ulp
+    # sees that the end state is decided by the rounding of p.
+    require("jax")
+    c = Cell("jax", "module", "multi", "nand", 1, "float64", hidden=2,
+             optimizer="rmsprop", rho=0.9, eps=1e-8)
+    rec = cached_run(c)  # in jax's own worker: float64 needs JAX_ENABLE_X64 before import
+    assert rec.agrees is True and rec.first_departure is None
+    assert rec.horizon == 1000 and 1e-8 < rec.oracle_dev < 1e-7 and rec.learned_epoch is None
+    monkeypatch.setattr(oracle, "PROBABILITY_JITTER_ULPS", 0.0)
+    oracle._CACHE.clear()
+    assert oracle.judge(rec).agrees is False
