@@ -35,11 +35,12 @@ seeds: 2.3 s a batch against 0.32 s a seed per seed, 27x).  Measured
 against per seed (4-5 seeds each; module, optimizer, custom; single and
 multi; and, nand, or, xor): bit-identical for full-batch sgd, momentum
 (with weight decay), nesterov and ``--hparams defaults`` at float32 and
-float64, compiled and eager; not at batch size 1, sgd included (a
-one-row ``x @ W`` is a vector-matrix product per seed, a batched
-``dot_general`` vmapped: 8.4e-16 float64; raw 6.6e-16), nor with adam
-(5.6e-16 float64, 2.4e-7 float32, full batch too) or rmsprop, in either
-mode (``BATCH_BOUNDS``, set on the test samples).  rmsprop amplifies it
+float64, compiled and eager; not at batch size 1, sgd included (8.4e-16
+float64; raw 6.6e-16: from identical parameters the one-row forward pass
+already differs, elementwise ops alone do not, so presumably the one-row
+``x @ W``, a vector-matrix product per seed and a batched ``dot_general``
+vmapped), nor with adam (5.6e-16 float64, 2.4e-7 float32, full batch too,
+cause not traced) or rmsprop, in either mode (``BATCH_BOUNDS``, set on the test samples).  rmsprop amplifies it
 as the caveat below says: multi ``xor``, lr 0.01, 300 epochs, 4 seeds,
 9.0e-5 (float64) and 1.0e-2 (float32), the raw level alike (9.9e-3).
 
@@ -699,12 +700,12 @@ MODE_GAPS = {"graph": "JAX has no graph-and-session mode; jax.jit is its compile
 # Measured (tests/test_batch.py samples, 5 seeds, and the cells named in the
 # module docstring): every level's vmapped step is bit-identical to the
 # per-seed step for full-batch sgd, momentum and nesterov (float32 and
-# float64, both modes); it is not at batch size 1 (a one-row x @ W is a
-# vector-matrix product per seed, a batched dot_general vmapped: 8.4e-16
-# float64, sgd too) nor with adam or rmsprop (4.5e-16 full batch).
+# float64, both modes); it is not at batch size 1 (the one-row forward pass,
+# presumably x @ W: 8.4e-16 float64, sgd too) nor with adam or rmsprop
+# (4.5e-16 float64 full batch).
 BATCH_BOUNDS = {
     level: ({"float64": 1e-14, "float32": 1e-6},
-            "XLA's batched kernels round a one-row matmul and the adam/rmsprop update "
-            "differently from one seed's, in both modes (measured 8.4e-16 float64, 2.4e-7 "
+            "XLA's batched kernels round a one-row forward pass and the adam/rmsprop "
+            "update differently from one seed's, in both modes (measured 8.4e-16 float64, 2.4e-7 "
             "float32; full-batch sgd/momentum/nesterov bit-identical)")
     for level in BATCHED}
