@@ -30,8 +30,8 @@ state and the hand-written rule's state; ``jax.jit(jax.vmap(...))`` in
 compiled, the vmapped step op by op in eager; the final loss and
 probabilities vmapped, not jitted, as per seed.  ``hparams`` are read back
 from the first seed's ``nnx.Optimizer`` before training, as per seed.
-Building S models costs about 3 ms a seed (the optimizer levels, 200
-seeds: 2.3 s a batch against 0.32 s a seed per seed, 27x).  Measured
+Building S models costs about 3 ms a seed (optimizer level, multi xor
+float64, 200 seeds: 2.3 s a batch, 0.32 s a seed per seed, 27x). Measured
 against per seed (4-5 seeds each; module, optimizer, custom; single and
 multi; and, nand, or, xor): bit-identical for full-batch sgd, momentum
 (with weight decay), nesterov and ``--hparams defaults`` at float32 and
@@ -40,9 +40,10 @@ float64; raw 6.6e-16: from identical parameters the one-row forward pass
 already differs, elementwise ops alone do not, so presumably the one-row
 ``x @ W``, a vector-matrix product per seed and a batched ``dot_general``
 vmapped), nor with adam (5.6e-16 float64, 2.4e-7 float32, full batch too,
-cause not traced) or rmsprop, in either mode (``BATCH_BOUNDS``, set on the test samples).  rmsprop amplifies it
-as the caveat below says: multi ``xor``, lr 0.01, 300 epochs, 4 seeds,
-9.0e-5 (float64) and 1.0e-2 (float32), the raw level alike (9.9e-3).
+cause not traced) or rmsprop, in either mode (``BATCH_BOUNDS``, set on the
+test samples). rmsprop amplifies it as the caveat below says: multi
+``xor``, lr 0.01, 300 epochs, 4 seeds, 9.0e-5 (float64) and 1.0e-2
+(float32), the raw level alike (9.9e-3).
 
 Conventions adapted:
 
