@@ -19,6 +19,32 @@ Flax advises for speed, traced once per shape, dtype, family and
 hyperparameters in a worker) and ``eager`` (the same step dispatched op by
 op), for every family, batch size and reduction.
 
+Batched seeds (``--batch-seeds``, ``BATCHED``): every level, both modes.
+``raw`` vmaps its step over a leading seed axis of the parameter dict and
+the rule's state.  The NNX levels build each seed's model (and
+``nnx.Optimizer``) exactly as per seed (``_build``), ``nnx.split`` them,
+stack the states under the first seed's graph definition (the model and
+the cached transformation are the same for all), and vmap the per-seed
+step's pure form (``_nnx_pure``: ``nnx.merge`` inside) over the stacked
+state and the hand-written rule's state; ``jax.jit(jax.vmap(...))`` in
+compiled, the vmapped step op by op in eager; the final loss and
+probabilities vmapped, not jitted, as per seed.  ``hparams`` are read back
+from the first seed's ``nnx.Optimizer`` before training, as per seed.
+Building S models costs about 3 ms a seed (optimizer level, multi xor
+float64, 200 seeds: 2.3 s a batch, 0.32 s a seed per seed, 27x). Measured
+against per seed (4-5 seeds each; module, optimizer, custom; single and
+multi; and, nand, or, xor): bit-identical for full-batch sgd, momentum
+(with weight decay), nesterov and ``--hparams defaults`` at float32 and
+float64, compiled and eager; not at batch size 1, sgd included (8.4e-16
+float64; raw 6.6e-16: from identical parameters the one-row forward pass
+already differs, elementwise ops alone do not, so presumably the one-row
+``x @ W``, a vector-matrix product per seed and a batched ``dot_general``
+vmapped), nor with adam (5.6e-16 float64, 2.4e-7 float32, full batch too,
+cause not traced) or rmsprop, in either mode (``BATCH_BOUNDS``, set on the
+test samples). rmsprop amplifies it as the caveat below says: multi
+``xor``, lr 0.01, 300 epochs, 4 seeds, 9.0e-5 (float64) and 1.0e-2
+(float32), the raw level alike (9.9e-3).
+
 Conventions adapted:
 
 * float64 needs ``JAX_ENABLE_X64=1`` before JAX is imported; without it
@@ -460,15 +486,12 @@ def _optimizer_step(model, optimizer, x, y, mean=False):
 
 
 @functools.lru_cache(maxsize=None)
-def _nnx_jitted(fn):
-    """``fn(*nodes, *args, **kwargs)`` compiled with ``jax.jit`` over the
-    split form of its nnx objects (``nodes``: the model, and the optimizer):
+def _nnx_pure(fn):
+    """``fn(*nodes, *args, **kwargs)`` as a pure function of the split form
+    of its nnx objects (``nodes``: the model, and the optimizer):
     ``(graphdef, static, state, args, kwargs) -> (fn's result, new state)``,
-    ``graphdef`` and ``static`` (the static keyword arguments' items) static.
-    This is Flax's own advice for speed: ``nnx.jit`` walks the objects'
-    graph in Python at every call, which cost more than the step itself;
-    the traced step, and so every number, is the same."""
-    import jax
+    ``static`` the static keyword arguments' items.  What jit and vmap
+    transform: the nodes are merged inside, so they see only arrays."""
     from flax import nnx
 
     def pure(graphdef, static, state, args, kwargs):
@@ -476,7 +499,18 @@ def _nnx_jitted(fn):
         out = fn(*nodes, *args, **kwargs, **dict(static))
         return out, nnx.state(nodes)
 
-    return jax.jit(pure, static_argnums=(0, 1))
+    return pure
+
+
+@functools.lru_cache(maxsize=None)
+def _nnx_jitted(fn):
+    """``_nnx_pure(fn)`` compiled with ``jax.jit``, ``graphdef`` and
+    ``static`` static.  This is Flax's own advice for speed: ``nnx.jit``
+    walks the objects' graph in Python at every call, which cost more than
+    the step itself; the traced step, and so every number, is the same."""
+    import jax
+
+    return jax.jit(_nnx_pure(fn), static_argnums=(0, 1))
 
 
 class _Step:
@@ -542,6 +576,113 @@ def _train_nnx(spec: TrainSpec, use_optimizer: bool) -> TrainResult:
                        info=_info(jax), hparams=hp)
 
 
+# ---------------------------------------------------- NNX levels, batched
+
+@functools.lru_cache(maxsize=None)
+def _nnx_seeds(fn, jit: bool):
+    """``_nnx_pure(fn)`` vmapped over the leading seed axis of the nodes'
+    stacked state and of ``carried`` (keyword arguments each seed carries
+    from step to step: the hand-written rule's state); the data and the
+    other keyword arguments (the update count t) are shared, closed over as
+    in ``_raw_step_seeds``.  ``jax.jit(jax.vmap(...))`` in mode compiled,
+    the vmapped step dispatched op by op in eager."""
+    import jax
+
+    pure = _nnx_pure(fn)
+
+    def seeds(graphdef, static, state, args, kwargs, carried):
+        def one(s, c):
+            return pure(graphdef, static, s, args, {**kwargs, **c})
+
+        return jax.vmap(one)(state, carried)
+
+    return jax.jit(seeds, static_argnums=(0, 1)) if jit else seeds
+
+
+class _SeedsStep:
+    """``_Step`` for S seeds: each seed's nodes (built as per seed) split,
+    their states stacked (leading axis S) under the first seed's graph
+    definition, which every seed shares (same model, same transformation:
+    ``_transform_of``).  ``finish()`` writes the stacked state into the
+    first seed's nodes, whose variables then hold every seed's values."""
+
+    def __init__(self, fn, nodes: list, jit: bool, **static):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        self.nodes = nodes[0]
+        self.graphdef, first = nnx.split(self.nodes)
+        states = [first] + [nnx.split(n)[1] for n in nodes[1:]]
+        self.state = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *states)
+        self.fn, self.static_items = _nnx_seeds(fn, jit), tuple(static.items())
+
+    def __call__(self, *args, carried=None, **kwargs):
+        out, self.state = self.fn(self.graphdef, self.static_items, self.state, args, kwargs,
+                                  carried or {})
+        return out
+
+    def finish(self) -> None:
+        from flax import nnx
+
+        nnx.update(self.nodes, self.state)
+
+    def final(self, x, y, mean: bool):
+        """Each seed's loss over all rows and logits, as ``_train_nnx``
+        computes them after training (not jitted, in either mode)."""
+        import jax
+        from flax import nnx
+
+        def one(s):
+            model = nnx.merge(self.graphdef, s)[0]
+            return _bce(model, x, y, mean), model(x)
+
+        return jax.vmap(one)(self.state)
+
+
+def _train_nnx_batch(spec: BatchSpec, use_optimizer: bool) -> BatchResult:
+    """``_train_nnx`` for S seeds at once: each seed's model (and
+    ``nnx.Optimizer``) built by ``_build`` from its own parameters, their
+    split states stacked, and the per-seed step (``_hand_step``,
+    ``_optimizer_step``) vmapped over them (``_SeedsStep``).  The
+    per-update losses stay on the device and are read once at the end."""
+    jax, jnp, x, y = _arrays(spec)
+    from flax import nnx
+
+    built = [_build(TrainSpec(cell, spec.x, spec.y, {k: v[i] for k, v in spec.params.items()}))
+             for i, cell in enumerate(spec.cells)]
+    start = {k: np.stack([read()[k] for _, read in built]) for k in spec.params}
+    read = built[0][1]  # after finish(), the first seed's layers hold every seed's values
+    jit = spec.mode == "compiled"
+    mean = spec.reduction == "mean"
+    data = _batches(spec, x, y)
+    losses = []
+    if use_optimizer:
+        nodes = [(model, nnx.Optimizer(model, _transform(spec))) for model, _ in built]
+        hp = _read_hparams(nodes[0][1], spec.optimizer)
+        step = _SeedsStep(_optimizer_step, nodes, jit, mean=mean)
+        for _ in range(spec.epochs):
+            for xb, yb in data:
+                losses.append(step(xb, yb))
+    else:
+        hp = in_effect(spec.cell, optimizer_defaults)
+        step = _SeedsStep(_hand_step, [(model,) for model, _ in built], jit,
+                          hp=tuple(hp.items()), family=spec.optimizer, mean=mean)
+        state, t = {}, 0
+        for _ in range(spec.epochs):
+            for xb, yb in data:
+                t += 1
+                loss, state = step(xb, yb, t=t, carried={"state": state})
+                losses.append(loss)
+    loss, z = step.final(x, y, mean)
+    step.finish()
+    return BatchResult(params_start=start, params_final=read(),
+                       loss_curve=np.asarray(jnp.stack(losses, axis=1)),
+                       loss_final=np.asarray(loss),
+                       probs=np.asarray(jax.nn.sigmoid(z)).reshape(spec.seeds, -1),
+                       info=_info(jax), hparams=hp)
+
+
 TRAINERS = {
     "raw": train_raw,
     "module": functools.partial(_train_nnx, use_optimizer=False),
@@ -549,13 +690,23 @@ TRAINERS = {
     "custom": functools.partial(_train_nnx, use_optimizer=True),
 }
 MODES = dict.fromkeys(TRAINERS, ("compiled", "eager"))
-BATCHED = {"raw": train_raw_batch}
+BATCHED = {
+    "raw": train_raw_batch,
+    "module": functools.partial(_train_nnx_batch, use_optimizer=False),
+    "optimizer": functools.partial(_train_nnx_batch, use_optimizer=True),
+    "custom": functools.partial(_train_nnx_batch, use_optimizer=True),
+}
 MODE_GAPS = {"graph": "JAX has no graph-and-session mode; jax.jit is its compiled mode"}
 
-# Measured (tests/test_batch.py samples, 5 seeds): jit(vmap) of the sgd step
-# is bit-identical to the per-seed step (float32 and float64, both modes);
-# XLA fuses the vmapped adam update into other loops (6.5e-16 float64, adam,
-# batch size 1, mean reduction).
-BATCH_BOUNDS = {("raw", "compiled"): ({"float64": 1e-14, "float32": 1e-6},
-                                      "XLA fuses the vmapped adam/rmsprop update differently "
-                                      "(measured 6.5e-16 float64; sgd bit-identical)")}
+# Measured (tests/test_batch.py samples, 5 seeds, and the cells named in the
+# module docstring): every level's vmapped step is bit-identical to the
+# per-seed step for full-batch sgd, momentum and nesterov (float32 and
+# float64, both modes); it is not at batch size 1 (the one-row forward pass,
+# presumably x @ W: 8.4e-16 float64, sgd too) nor with adam or rmsprop
+# (4.5e-16 float64 full batch).
+BATCH_BOUNDS = {
+    level: ({"float64": 1e-14, "float32": 1e-6},
+            "XLA's batched kernels round a one-row forward pass and the adam/rmsprop "
+            "update differently from one seed's, in both modes (measured 8.4e-16 float64, 2.4e-7 "
+            "float32; full-batch sgd/momentum/nesterov bit-identical)")
+    for level in BATCHED}
