@@ -417,7 +417,10 @@ VARIANTS: dict[str, str] = {
                             "loss is ~1e-8)",
     "float32-matmul": "every matrix product of the forward and backward pass is computed in "
                       "float32: both operands rounded to float32, each product rounded and "
-                      "added in float32 in order along the inner axis, the result back in "
+                      "added in float32 in the order torch's CPU kernel takes for the shape "
+                      "(in order along the inner axis up to 4; past it, for a truth table's "
+                      "rows times a column, in lanes; 4 rows times 12 columns or more, fused "
+                      "multiply-adds: _matmul_float32), the result back in "
                       "float64 (the gradient reaching a product rounded to float32 with it); "
                       "biases, sigmoids, the loss and the update stay float64 (Keras 3 on "
                       "torch: keras.ops.matmul, and Dense with it, computes float64 operands "
