@@ -170,18 +170,91 @@ def _sigmoid(z):
         return 1.0 / (1.0 + np.exp(-z))
 
 
+def _fma32(x, y, acc):
+    """float32 fused multiply-add x * y + acc, rounded once: the float32
+    product is exact in float64, the float64 sum is corrected where it lands
+    on a float32 halfway point that the exact sum is not on (TwoSum)."""
+    p = x.astype(np.float64) * y.astype(np.float64)
+    c = acc.astype(np.float64)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    r = s.astype(np.float32)
+    d = s - r.astype(np.float64)
+    away = np.where(d > 0, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
+    other = np.nextafter(r, away)
+    tie = (d != 0) & (err != 0) & (2 * s == r.astype(np.float64) + other.astype(np.float64))
+    return np.where(tie & ((err > 0) == (d > 0)), other, r)
+
+
+def _lanes_float32(prods):
+    """The sum of the float32 products ``prods`` (k = 0..K-1) in the order
+    torch's float32 CPU matmul takes for a 4-row matrix times a column:
+    the first P = (K - 1) % 4 + 1 products added in order, then the other
+    K - P in lanes (W = 2 lanes for K - P = 4, else 4 lanes; lane j takes
+    products P + j, P + j + W, ...; lane 0 continues the first P's sum), the
+    lanes added as (l0 + l2) + (l1 + l3) (W = 4) or l0 + l1 (W = 2)."""
+    K = len(prods)
+    P = (K - 1) % 4 + 1
+    acc = prods[0]
+    for k in range(1, P):
+        acc = acc + prods[k]
+    if K == P:
+        return acc
+    W = 2 if K - P == 4 else 4
+    lanes = [acc + prods[P]] + list(prods[P + 1:P + W])
+    for k in range(P + W, K):
+        lanes[(k - P) % W] = lanes[(k - P) % W] + prods[k]
+    if W == 2:
+        return lanes[0] + lanes[1]
+    return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
+
+
 def _matmul_float32(a, b):
-    """``a @ b`` as torch's float32 CPU matmul computes it on the harness's
-    sizes (variant "float32-matmul"): both operands rounded to float32, each
-    product rounded to float32 and added in float32 in order along the inner
-    axis (no fused multiply-add), the result back in float64.  Measured
-    bit-exact against torch (2.13, CPU, AVX2; another CPU kernel may sum
-    in another order) for inner axes of 1 to 4 (hidden
-    units up to 4, truth tables of up to 4 rows); not for 8."""
+    """``a @ b`` as torch's float32 CPU matmul (``torch.mm``, which Keras'
+    ``ops.matmul`` and autograd's gradient products call; MKL sgemm)
+    computes it on the harness's sizes (variant "float32-matmul"): both
+    operands rounded to float32, each product rounded to float32, the sum
+    taken in float32 in the order the kernel picks for the shape, the result
+    back in float64.  With a (M, K) and b (K, N):
+
+    * M = 4 rows, N = 1 column (a truth table's hidden layer times the
+      output weights, K = hidden units): ``_lanes_float32``, the first
+      (K - 1) % 4 + 1 products in order, the rest in 2 or 4 lanes;
+      for K <= 4 that is in order.
+    * M = 2 or 3 rows, N = 1: in order for K <= 11; for K >= 12 the first
+      12 products as ``_lanes_float32`` takes them, the rest added in order.
+    * M = 4 rows, N >= 12 columns (the first layer's x @ W1 for 12 hidden
+      units or more, K = 2): a fused multiply-add chain, p0 then
+      acc = fma(a_k, b_k, acc), rounded once each.
+    * any other shape: in order along the inner axis, no fused
+      multiply-add.
+
+    Measured bit-exact against torch 2.13 (CPU wheel, MKL 2024.2, AVX2 on
+    an AMD EPYC; another CPU or BLAS may sum in another order), from
+    freshly allocated (64-byte aligned) float32 tensors as Keras' casts
+    give them, 1000 to 2000 random normal operand pairs per shape: 4 x K
+    times K x 1 for K = 1..33, 2 or 3 rows for K = 1..17 (not 20: there
+    rows differ), 1 row for K = 1..20; and every product of the forward and
+    backward pass for hidden units 1..16 and 1 to 4 rows (with transposed
+    operands as autograd passes them).  Unaligned operands change the
+    2- and 3-row order for K = 9..11."""
     a, b = np.asarray(a).astype(np.float32), np.asarray(b).astype(np.float32)
-    out = a[..., :, 0:1] * b[..., 0:1, :]
-    for i in range(1, a.shape[-1]):
-        out = out + a[..., :, i:i + 1] * b[..., i:i + 1, :]
+    rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    prods = [a[..., :, k:k + 1] * b[..., k:k + 1, :] for k in range(inner)]
+    if rows == 4 and cols >= 12:
+        out = prods[0]
+        for k in range(1, inner):
+            out = _fma32(*np.broadcast_arrays(a[..., :, k:k + 1], b[..., k:k + 1, :]), out)
+    elif cols == 1 and (rows == 4 or (rows in (2, 3) and inner >= 12)):
+        head = inner if rows == 4 else 12
+        out = _lanes_float32(prods[:head])
+        for k in range(head, inner):
+            out = out + prods[k]
+    else:
+        out = prods[0]
+        for k in range(1, inner):
+            out = out + prods[k]
     return out.astype(np.float64)
 
 
@@ -356,7 +429,10 @@ VARIANTS: dict[str, str] = {
                             "loss is ~1e-8)",
     "float32-matmul": "every matrix product of the forward and backward pass is computed in "
                       "float32: both operands rounded to float32, each product rounded and "
-                      "added in float32 in order along the inner axis, the result back in "
+                      "added in float32 in the order torch's CPU kernel takes for the shape "
+                      "(in order along the inner axis up to 4; past it, for a truth table's "
+                      "rows times a column, in lanes; 4 rows times 12 columns or more, fused "
+                      "multiply-adds: _matmul_float32), the result back in "
                       "float64 (the gradient reaching a product rounded to float32 with it); "
                       "biases, sigmoids, the loss and the update stay float64 (Keras 3 on "
                       "torch: keras.ops.matmul, and Dense with it, computes float64 operands "
