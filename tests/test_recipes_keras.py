@@ -11,6 +11,9 @@ cells are pinned to the oracle variants that reproduce them
 (``float32-matmul``, ``float32-row-loss``, ``float32-rescale-grad``): the
 textbook misses them, the variant reproduces them, and each atom is needed.
 """
+import functools
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -169,6 +172,39 @@ def test_keras_torch_float32_matmul_is_measured_up_to_sixteen_hidden_units():
                                          dtype="float32")) == ()
 
 
+# torch.mm's float32 results on fixed operands (4 x 6 and 4 x 9 times a
+# column, 4 x 2 times 2 x 12, 3 x 13 times a column; 64 draws each), as
+# the CPU where the wide orders of ``_matmul_float32`` were measured
+# computes them (torch 2.13 CPU wheel, MKL 2024.2, AVX2, AMD EPYC).
+MEASURED_KERNEL = "0b02bfc6876430077ffca54d0b45083fe3e51efa3308ccab7a7c83cc6f127869"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_fingerprint() -> str:
+    import torch
+
+    rng = np.random.default_rng(2026)
+    out = []
+    for shape_a, shape_b in (((4, 6), (6, 1)), ((4, 9), (9, 1)), ((4, 2), (2, 12)),
+                             ((3, 13), (13, 1))):
+        for _ in range(64):
+            a = torch.tensor(rng.normal(size=shape_a), dtype=torch.float32)
+            b = torch.tensor(rng.normal(size=shape_b), dtype=torch.float32)
+            out.append(torch.mm(a, b).numpy().tobytes())
+    return hashlib.sha256(b"".join(out)).hexdigest()
+
+
+def require_measured_kernel():
+    """Skip where torch's float32 CPU kernel sums the wide products in
+    another order than the one ``_matmul_float32`` reproduces (another CPU
+    or BLAS): there the variant past 4 hidden units is not claimed to hold,
+    and its cells stay unexplained in a run, which is the finding."""
+    pytest.importorskip("torch")
+    if _kernel_fingerprint() != MEASURED_KERNEL:
+        pytest.skip("this CPU's float32 matmul kernel is not the one float32-matmul's "
+                    "wide orders were measured on (torch.mm fingerprint differs)")
+
+
 def _in_order_float32(a, b):
     """The textbook float32 product: each product rounded, added in order
     along the inner axis, no fused multiply-add (the variant up to 4 hidden
@@ -188,6 +224,7 @@ def test_keras_torch_float32_matmul_past_four_hidden_units(level, hidden, monkey
     float32 sum the variant was up to 4 hidden units (measured at hidden 6
     and 12, multi xor seed 0: ~1e-7 from both, ~2e-16 from the variant)."""
     require("keras-torch")
+    require_measured_kernel()
     rec = cached_run(make_cell("keras-torch", level, "multi", "xor", hidden=hidden))
     assert rec.status == "ok", rec.message
     atoms = registry.departures(rec.cell)
@@ -210,6 +247,7 @@ def test_float32_matmul_orders_are_torchs():
     2024.2, AVX2): another CPU kernel may take other orders, and then this
     test, like the variant, no longer holds."""
     torch = pytest.importorskip("torch")
+    require_measured_kernel()
     rng = np.random.default_rng(0)
 
     def mm(a, b, ta=False, tb=False):
