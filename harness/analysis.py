@@ -246,7 +246,8 @@ class Convergence:
     high: float
     median_epoch: float | None
     oracle_learned: int
-    # Seeds this backend learned and the oracle did not, and the reverse.
+    # Seeds this backend learned and the oracle did not, and the reverse
+    # (cells judged up to a horizon left out: round-off decides their end).
     only_backend: tuple[int, ...]
     only_oracle: tuple[int, ...]
     # The other crossed axes that vary between the run's cells (optimizer,
@@ -353,17 +354,20 @@ def convergence_and_seeds(records: list[Record]) -> tuple[list[Convergence], See
     for (backend, level, arch, gate, settings), group in groups.items():
         learned = {r.seed for r, _ in group if r.learned}
         by_oracle = {r.seed for r, (t_learned, _) in group if t_learned}
+        # A cell judged only up to its horizon has an end state round-off
+        # decided, the oracle's included: its seed is not compared.
+        past = {r.seed for r, _ in group if r.horizon is not None}
         epochs = [r.learned_epoch for r, _ in group if r.learned_epoch is not None]
         out.append(Convergence(backend, level, arch, gate, len(group), len(learned),
                                *wilson(len(learned), len(group)),
                                statistics.median(epochs) if epochs else None, len(by_oracle),
-                               tuple(sorted(learned - by_oracle)),
-                               tuple(sorted(by_oracle - learned)), settings))
+                               tuple(sorted(learned - by_oracle - past)),
+                               tuple(sorted(by_oracle - learned - past)), settings))
         flags = np.full(len(seeds), -1, dtype=np.int8)
         differs = np.zeros(len(seeds), bool)
         for r, _ in group:
             flags[column[r.seed]] = bool(r.learned)
-        for seed in learned ^ by_oracle:
+        for seed in (learned ^ by_oracle) - past:
             differs[column[seed]] = True
         rows.append(SeedRow(backend, level, arch, gate, out[-1].setting_text, flags, differs))
     return out, SeedMap(seeds, tuple(rows))
