@@ -39,11 +39,19 @@ def harness(*args, **extra_env):
                           text=True, cwd=ROOT, env=env(**extra_env), timeout=600)
 
 
+def _interruptible():
+    # A shell without job control starts background commands with SIGINT
+    # ignored, and a child inherits that (nohup-style runs of this suite):
+    # the run must get Ctrl-C as a terminal would send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, **extra_env):
-    """A run in its own process group, so that a test can kill the group."""
+    """A run in its own process group, so that a test can kill the group,
+    with SIGINT's default disposition, so that a test can interrupt it."""
     return subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(**extra_env),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_interruptible)
 
 
 def records(out):
