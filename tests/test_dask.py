@@ -47,10 +47,16 @@ def harness(*args, **extra_env):
                           text=True, cwd=ROOT, env=env(**extra_env), timeout=300)
 
 
+def _interruptible():
+    # As in test_engine: a suite started in the background inherits SIGINT
+    # ignored; the run must get Ctrl-C as a terminal would send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, **extra_env):
     return subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(**extra_env),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_interruptible)
 
 
 def records(out):
