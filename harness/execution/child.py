@@ -128,6 +128,7 @@ def run_cell(cell: Cell, version: str | None = None) -> Record:
         t0 = time.perf_counter()
         result = backend.train(spec)
         seconds = time.perf_counter() - t0
+        _check_start(cell, init_params(cell), result.params_start)
         _check_result(cell, result)
         # Judged here too: a malformed result must become this cell's error
         # record, not end the worker.
@@ -138,11 +139,9 @@ def run_cell(cell: Cell, version: str | None = None) -> Record:
                                backend_version=version, info={"traceback": tb[-6:]})
 
 
-def _check_result(cell: Cell, result: TrainResult, start_checked: bool = False) -> None:
-    """A result's shape against its cell's (what the oracle relies on);
-    ``start_checked``: its start was checked with its batch's."""
-    if not start_checked:
-        _check_start(cell, init_params(cell), result.params_start)
+def _check_result(cell: Cell, result: TrainResult) -> None:
+    """A result's shape against its cell's (what the oracle relies on); its
+    start is checked by the caller (``_check_start``), per cell or per batch."""
     if len(result.loss_curve) != updates(cell):
         raise AssertionError(f"loss_curve has {len(result.loss_curve)} entries, "
                              f"expected one per update ({updates(cell)})")
@@ -176,7 +175,7 @@ def run_batch(cells: list[Cell], version: str | None = None) -> list[Record]:
                                  "results")
         records = []
         for cell, result in zip(cells, results):
-            _check_result(cell, result, start_checked=True)
+            _check_result(cell, result)
             result.info["batched"] = len(cells)
             records.append(record_from_result(cell, version, result, seconds))
         return judge_all(records)
