@@ -94,18 +94,33 @@ Recipes (``--optimizer``, ``--batch-size``, ``--reduction``):
   holds one set of weights).  The tensorflow row's raw level is written in
   TensorFlow, not ``keras.ops``: it has its own batched form.
 
+* ``fit`` runs every update of the cell as one epoch (``_fit``): the
+  notebook's ``fit(x, y, epochs=1000)`` pays Keras' work per epoch (a
+  fresh data iterator, callbacks, logs: 1 to 2 ms an epoch, most of a
+  1000-epoch cell), so the row's ``fit_data`` gives the truth table's
+  batches once per harness epoch, in order, and ``fit`` takes them all as
+  steps of one epoch.  The same batches in the same order are the same
+  updates: tests/test_backends.py trains sample cells both ways on every
+  Keras row (full batch, batch sizes 2 and 3, Adam and RMSprop, both
+  modes) and finds the parameters and loss curves bit-identical.  Measured
+  on 2 cores, the multi-layer xor cell (1000 updates, float32): tensorflow
+  2.6 to 0.6 s, keras-jax 1.3 to 0.4 s, keras-torch 3.5 to 2.5 s.
 * Each ``loss_curve`` entry is the loss of that update's batch before the
   update, exactly: ``fit``'s logged ``loss`` is the epoch's running mean of
   its loss tracker, weighted by batch size (``(loss * 3) / 3`` is not
   ``loss`` in one case in six), so the optimizer level compiles one more
   metric, ``BatchLoss``: the compiled loss function on the step's own
   ``y_pred``, which ``fit`` computes before it applies the update, kept as
-  is (no averaging).  With one update per epoch (the default full batch)
-  the curve is ``fit``'s own history of it, one entry per epoch; with
-  several, a callback reads it after every batch.  (Such a callback makes
-  Keras on JAX and on torch convert every step's logs as the step ends,
-  waiting for it, where otherwise it would hand them to a thread: it costs
-  about a third of a full-batch ``fit`` on keras-jax.)
+  is (no averaging).  How the curve leaves the step is the row's
+  (``KerasRow.curve_in_graph``): on TensorFlow the metric also writes each
+  step's loss into a vector of the run's updates, and ``fit`` runs all
+  updates in one call (``steps_per_execution``); on JAX and torch a
+  callback keeps every step's value, declared ``async_safe`` so that Keras
+  hands the logs to a thread instead of waiting for each step.  (On JAX
+  the vector write changes what XLA compiles: measured, Adam with batch
+  size 3 moved float32 round-off by an ulp against the notebook's ``fit``,
+  as any extra consumer of the loss may.  Keras on torch runs one step per
+  call.)
 """
 from __future__ import annotations
 
@@ -119,7 +134,7 @@ import numpy as np
 
 from harness.recipes import Textbook, in_effect
 from harness.tasks import (HYPERPARAMETERS, TrainResult, TrainSpec, batches, hyperparameters,
-                           updates_per_epoch)
+                           updates)
 
 # Each optimizer family's Keras class, and the harness's hyperparameter
 # names as Keras' constructors spell them.
@@ -137,8 +152,8 @@ class KerasRow:
     # hand-written updates (rule: harness.recipes.Textbook) with this
     # backend's gradient, over ``data``, one epoch's (x, y) batches.
     hand_train: Callable[..., list[float]]
-    # spec -> keyword arguments of model.fit giving the cell's batches, in
-    # table order, every epoch.
+    # spec -> keyword arguments of model.fit giving every update's batch, in
+    # order, as one epoch (``fit_updates``).
     fit_data: Callable[[TrainSpec], dict[str, Any]]
     # mode -> jit_compile for model.compile (TensorFlow's compiled mode is a
     # tf.function without XLA; JAX's is jax.jit, which is XLA).
@@ -148,6 +163,12 @@ class KerasRow:
     # (loss_fn, y, z, spec) -> the final loss, computed in the cell's mode
     # (None: called as it is).
     final_loss: Callable[..., Any] | None = None
+    # Whether fit's loss curve is written inside the compiled step (a
+    # vector, all updates in one call: steps_per_execution) or kept by a
+    # callback per step.  Not on JAX: XLA compiles the step differently with
+    # the vector write, which moved float32 round-off (Adam, batch size 3);
+    # not on torch: Keras on torch runs one step per call.
+    curve_in_graph: bool = False
 
 
 def to_numpy(t) -> np.ndarray:
@@ -245,8 +266,22 @@ def build(keras, spec: TrainSpec):
 
 
 def array_data(spec: TrainSpec) -> dict[str, Any]:
-    """fit's arrays in unshuffled batches of the cell's size (default: all rows)."""
-    return {"x": spec.x, "y": spec.y, "batch_size": spec.batch_size or len(spec.x)}
+    """fit's data for the whole run as one epoch (``fit_updates``): the
+    truth table repeated once per epoch, in unshuffled batches of the cell's
+    size (default: all rows).  A size that does not divide the rows leaves a
+    short last batch in every pass, which one long array cannot give: then a
+    generator yields the same batches."""
+    size = spec.batch_size or len(spec.x)
+    if len(spec.x) % size == 0:
+        return {"x": np.tile(spec.x, (spec.epochs, 1)), "y": np.tile(spec.y, (spec.epochs, 1)),
+                "batch_size": size}
+
+    def passes():
+        while True:
+            for rows in batches(spec.cell):
+                yield spec.x[rows], spec.y[rows]
+
+    return {"x": passes(), "steps_per_epoch": updates(spec.cell)}
 
 
 # ------------------------------------------------------------------ recipes
@@ -331,46 +366,99 @@ def batch_loss_class():
     """``BatchLoss``: a metric holding the loss of the step's batch at the
     parameters before its update (``fit`` computes metrics on the step's
     ``y_pred``), not averaged over the epoch's batches like ``fit``'s own
-    ``loss``.  Defined once per process."""
+    ``loss``.  Given the run's number of updates it also writes each step's
+    loss into a vector, in order (``KerasRow.curve_in_graph``).  Defined
+    once per process."""
     import keras
 
     class BatchLoss(keras.metrics.Metric):
-        def __init__(self, loss_fn, dtype):
+        def __init__(self, loss_fn, dtype, updates=None):
             super().__init__(name="batch_loss", dtype=dtype)
             self.loss_fn = loss_fn
             self.last = self.add_variable(shape=(), initializer="zeros", dtype=dtype,
                                           name="last")
+            self.curve = self.count = None
+            if updates:
+                self.curve = self.add_variable(shape=(updates,), initializer="zeros",
+                                               dtype=dtype, name="curve")
+                self.count = self.add_variable(shape=(), initializer="zeros", dtype="int32",
+                                               name="count")
 
         def update_state(self, y_true, y_pred, sample_weight=None):
-            self.last.assign(self.loss_fn(y_true, y_pred))
+            loss = self.loss_fn(y_true, y_pred)
+            self.last.assign(loss)
+            if self.curve is not None:
+                # where, not an indexed update: the same on every Keras
+                # backend, exact, and a NaN loss stays in its own entry.
+                ops = keras.ops
+                at = ops.arange(self.curve.shape[0], dtype="int32") == self.count
+                self.curve.assign(ops.where(at, loss, ops.convert_to_tensor(self.curve)))
+                self.count.assign(self.count + 1)
 
         def result(self):
-            return keras.ops.cast(self.last, self.dtype)
+            # A copy: on torch the variable's own tensor would be overwritten
+            # in place by the next step before a callback thread reads it.
+            return keras.ops.copy(self.last)
 
         def reset_state(self):
-            # fit resets its metrics every epoch; nothing accumulates here
-            # (every batch overwrites the value), so there is nothing to reset.
+            # fit resets its metrics at every epoch; the run is one epoch
+            # (_fit), and nothing here accumulates.
             pass
 
     return BatchLoss
 
 
+@functools.lru_cache(maxsize=None)
+def keep_batch_losses_class():
+    """``KeepBatchLosses``: a callback that stores each step's ``batch_loss``
+    at its step's index.  ``async_safe``: Keras on JAX and on torch then
+    hand the logs to a thread instead of waiting for every step (the entry
+    is the step's own, so the threads' order does not matter)."""
+    import keras
+
+    class KeepBatchLosses(keras.callbacks.Callback):
+        async_safe = True
+
+        def __init__(self, updates):
+            super().__init__()
+            self.curve = [None] * updates
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.curve[batch] = float(logs["batch_loss"])
+
+    return KeepBatchLosses
+
+
 def _fit(keras, model, loss_fn, spec: TrainSpec, row: KerasRow):
-    """compile + fit with the family's optimizer: (loss curve, hparams)."""
+    """compile + fit with the family's optimizer: (loss curve, hparams).
+
+    Every update of the run is one step of a single epoch (``row.fit_data``
+    gives the truth table's batches once per harness epoch, in order), not
+    ``epochs=spec.epochs`` of one pass each: the same batches, so the same
+    updates (tests/test_backends.py checks against the notebook's ``fit(x,
+    y, epochs=...)``, bit for bit, on every Keras row), without Keras' work
+    per epoch (iterators, callbacks, logs: 1-2 ms an epoch, most of a
+    1000-epoch cell).  The loss curve: ``row.curve_in_graph``, the metric
+    writes it into a vector inside the step and all updates run in one call
+    (``steps_per_execution``); otherwise a callback keeps each step's
+    ``batch_loss``.
+    """
     optimizer = make_optimizer(keras, spec)
-    model.compile(optimizer=optimizer, loss=loss_fn,
-                  metrics=[batch_loss_class()(loss_fn, spec.dtype)],
-                  jit_compile=row.jit_compile(spec.mode), run_eagerly=spec.mode == "eager")
-    curve: list[float] = []
-    callbacks = []
-    if updates_per_epoch(spec.cell) > 1:
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_train_batch_end=lambda batch, logs: curve.append(float(logs["batch_loss"]))))
-    history = model.fit(**row.fit_data(spec), epochs=spec.epochs, shuffle=False, verbose=0,
-                        callbacks=callbacks)
-    if not callbacks:
-        # One batch per epoch: each epoch's logged batch_loss is its update's.
-        curve = [float(v) for v in history.history["batch_loss"]]
+    n = updates(spec.cell)
+    batch_loss = batch_loss_class()(loss_fn, spec.dtype, n if row.curve_in_graph else None)
+    model.compile(optimizer=optimizer, loss=loss_fn, metrics=[batch_loss],
+                  jit_compile=row.jit_compile(spec.mode), run_eagerly=spec.mode == "eager",
+                  steps_per_execution=n if row.curve_in_graph else 1)
+    keep = [] if row.curve_in_graph else [keep_batch_losses_class()(n)]
+    model.fit(**row.fit_data(spec), epochs=1, shuffle=False, verbose=0, callbacks=keep)
+    if row.curve_in_graph:
+        steps = int(to_numpy(batch_loss.count))
+        curve = [float(v) for v in to_numpy(batch_loss.curve)]
+    else:
+        curve = keep[0].curve
+        steps = sum(v is not None for v in curve)
+    if steps != n:
+        raise RuntimeError(f"fit took {steps} steps, not the cell's {n} updates")
     return curve, read_hparams(optimizer, spec.optimizer)
 
 

@@ -1,4 +1,5 @@
 """Facts about individual backends that their docstrings rely on."""
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from harness import registry
 from harness.compare import relative_deviation, tolerance
 from harness.execution.child import run_cell
-from harness.tasks import TrainSpec
+from harness.tasks import TrainSpec, updates
 
 from conftest import applicable, cached_run, make_cell, require, require_in_process
 
@@ -60,34 +61,36 @@ def test_keras_float_defaults_are_restored(policy):
         global_state.set_global_attribute("dtype_policy", saved[1])
 
 
-@pytest.mark.parametrize("arch,gate", [("single", "nand"), ("multi", "xor")])
-def test_keras_fit_on_a_repeated_dataset_is_fit_on_arrays(arch, gate):
-    # The optimizer level feeds model.fit a repeated one-batch tf.data.Dataset
-    # (fast) instead of fit(x, y, batch_size=rows, shuffle=False) (slow): same steps.
-    require("tensorflow")
-    import keras
-    import tensorflow as tf
+# (level, arch, gate, mode, recipe) samples: the full batch, an even and an
+# uneven batch size (a short last batch every pass), a rule with state, the
+# mean reduction, both modes.
+KERAS_FIT_CELLS = [
+    ("optimizer", "single", "nand", "compiled", {}),
+    ("custom", "multi", "xor", "compiled", {"optimizer": "adam", "batch_size": 3}),
+    ("optimizer", "multi", "or", "eager", {"optimizer": "rmsprop", "batch_size": 2,
+                                             "reduction": "mean", "eps": 1e-2}),
+]
 
-    from backends import keras_common
-    from backends import tensorflow_backend as tfb
 
-    spec = TrainSpec.from_cell(make_cell("tensorflow", "optimizer", arch, gate, epochs=40))
-    results = []
-    with keras_common.floatx(keras, spec.dtype):
-        for data in ({"x": spec.x, "y": spec.y, "batch_size": len(spec.x)},
-                     {"x": tfb.full_batch(tf, spec), "steps_per_epoch": 1}):
-            model, read = keras_common.build(keras, spec)
-            model.compile(optimizer=keras.optimizers.SGD(learning_rate=spec.lr),
-                          loss=keras.losses.BinaryCrossentropy(from_logits=True, reduction="sum",
-                                                               dtype=spec.dtype),
-                          jit_compile=False)
-            history = model.fit(epochs=spec.epochs, shuffle=False, verbose=0, **data)
-            results.append((read(), history.history["loss"]))
-    (arrays, curve_a), (dataset, curve_d) = results
-    assert curve_a == curve_d and len(curve_a) == spec.epochs
-    for name in arrays:
-        assert arrays[name].dtype == np.float64
-        assert np.array_equal(arrays[name], dataset[name])
+@pytest.mark.parametrize("backend", ["tensorflow", "keras-jax", "keras-torch"])
+def test_keras_fit_of_every_update_in_one_epoch_is_the_notebooks_fit(backend):
+    # The optimizer and custom levels hand fit every update as one epoch
+    # (keras_common._fit); the notebook calls fit(x, y, epochs=...).  Same
+    # batches in the same order, so the same parameters and, batch by batch,
+    # the same losses: bit for bit, in every mode.
+    require(backend)
+    spec = registry.backend(backend)
+    cells = [make_cell(backend, level, arch, gate, dtype="float32", epochs=12, lr=0.25,
+                       mode=mode, **recipe)
+             for level, arch, gate, mode, recipe in KERAS_FIT_CELLS if mode in spec.modes[level]]
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "keras_epochs_fit.py"), backend,
+                        *(json.dumps(c.to_dict()) for c in cells)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), **spec.env})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    for cell, got in zip(cells, out):
+        assert got == {"params": True, "curve": True, "updates": updates(cell)}, cell
 
 
 def test_tensorflow_records_graph_mode():
