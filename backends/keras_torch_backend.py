@@ -71,11 +71,11 @@ in-order float32 sum -> the variant): ``--hidden 6`` 1.1e-7..3.4e-7 ->
 with mean reduction at 12 hidden units (xor, raw and module) and batch
 size 2 at 16 (nand, raw and optimizer): explained, <= 1.3e-14.  Past 16
 hidden units (unmeasured) ``departures`` leaves the cells unnamed, a plain
-departure.  Not reproduced either: ``--batch-seeds``' batched raw level,
-whose broadcast ``torch.matmul`` runs ``bmm`` (a kernel that sums in
-order): past 4 hidden units its cells are departures the variant does not
-explain (``--hidden 8``: ~1e-7 from the variant, ~1e-16 from the in-order
-sum).  Writing the matmul with
+departure.  ``--batch-seeds``' batched raw level runs torch's broadcast
+``torch.matmul``, which is ``bmm`` (a kernel that sums in order): past 4
+hidden units its float64 cells would leave the variant (``--hidden 8``:
+~1e-7 from it, ~1e-16 from the in-order sum), so ``batch_gap`` runs them
+per seed, where the variant explains them.  Writing the matmul with
 torch would hide what Keras does, so we don't; ``known_departure`` still
 names the behaviour for every float64 cell: it departs from the textbook
 (and the numpy reference), which the contract suite's checks measure, even
@@ -289,6 +289,21 @@ def _sqrt(v):
 RAW_SEEDS = keras_common.RawSeeds(param=_param, tensor=_tensor, sqrt=_sqrt, train=_train_seeds,
                                   info=_info)
 BATCHED = {"raw": lambda spec: keras_common.train_raw_batch(spec, RAW_SEEDS)}
+
+# Inner axes up to 4 are summed in order by every float32 kernel here.
+BMM_IN_ORDER_MAX_HIDDEN = 4
+
+
+def batch_gap(cell) -> str | None:
+    """The batched raw level's broadcast matmul runs ``bmm``, which sums
+    float32 products in order: past 4 hidden units, not in the lanes of the
+    per-seed ``mm`` that the float64 cells' variant reproduces (module
+    docstring), so those cells run per seed, where they are explained."""
+    if cell.dtype == "float64" and (cell.hidden or 0) > BMM_IN_ORDER_MAX_HIDDEN:
+        return ("keras-torch's batched matmul (bmm) sums float32 products in order, not in the "
+                "lanes of the per-seed matmul that the float32-matmul variant reproduces: "
+                f"float64 cells past {BMM_IN_ORDER_MAX_HIDDEN} hidden units run per seed")
+    return None
 # Measured (tests/test_batch.py samples, 5 seeds): torch's batched matmul
 # (x broadcast over the seed axis) rounds a few sums differently.
 BATCH_BOUNDS = {"raw": ({"float64": 1e-14, "float32": 1e-6},

@@ -63,6 +63,10 @@ Optional
                            BatchResult``, parameters with a leading seed
                            axis, in every mode the level has.  A level not
                            named runs per seed.
+  ``batch_gap(cell)``      -> str | None: why a cell of a batched level
+                           runs per seed all the same (its batched kernels
+                           leave what the oracle's variant for the cell
+                           reproduces), or None.
   ``BATCH_BOUNDS``         {level or (level, mode): ({dtype: bound},
                            reason)}: a batched level (in every mode, or in
                            one) whose records are not bit-identical to its
@@ -135,6 +139,7 @@ class Backend:
     batched: Mapping[str, Callable[[BatchSpec], BatchResult]] = dataclasses.field(
         default_factory=dict)
     batch_bounds: Mapping[Any, tuple[dict[str, float], str]] = dataclasses.field(default_factory=dict)
+    cell_batch_gap: Callable[[Any], str | None] | None = None
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -172,7 +177,7 @@ class Backend:
         """Why the cell's seeds cannot train as one batch, or None."""
         if cell.level not in self.batched:
             return f"{self.name} has no batched form of level {cell.level!r}"
-        return None
+        return self.cell_batch_gap(cell) if self.cell_batch_gap else None
 
     def batch_bound(self, level: str, mode: str, dtype: str) -> float | None:
         """The declared bound of a batched level in a mode and dtype, or None
@@ -331,7 +336,7 @@ def check(name: str, mod: ModuleType) -> Backend:
                      f"it has, to ({{dtype: positive bound}} for each of {', '.join(DTYPES)}, "
                      "a reason)")
     for member in ("framework_version", "loss_and_grad", "known_departure", "departures",
-                   "optimizer_defaults"):
+                   "optimizer_defaults", "batch_gap"):
         if hasattr(mod, member) and not callable(getattr(mod, member)):
             raise broken(f"{member} is not callable")
     has_grad = hasattr(mod, "loss_and_grad")
@@ -350,4 +355,5 @@ def check(name: str, mod: ModuleType) -> Backend:
         optimizer_gaps=MappingProxyType(dict(opt_gaps)),
         departures=getattr(mod, "departures", None),
         optimizer_defaults=getattr(mod, "optimizer_defaults", None),
-        batched=MappingProxyType(dict(batched)), batch_bounds=MappingProxyType(dict(bounds)))
+        batched=MappingProxyType(dict(batched)), batch_bounds=MappingProxyType(dict(bounds)),
+        cell_batch_gap=getattr(mod, "batch_gap", None))
