@@ -47,21 +47,19 @@ class Textbook:
         self.family, self.hp, self.sqrt = cell.optimizer, hp, sqrt
         self.t = 0
         self.state: dict[str, tuple] = {}
+        # Plain SGD without weight decay: the update is ``p - lr * g``, which
+        # a caller may write in place (``p -= lr * g``, the same arithmetic).
+        # Decided once: step() runs once per parameter and update.
+        self.plain = cell.optimizer == "sgd" and not hp.get("weight_decay")
 
     def tick(self) -> None:
         self.t += 1
 
-    @property
-    def plain(self) -> bool:
-        """Plain SGD without weight decay: the update is ``p - lr * g``, which a
-        caller may write in place (``p -= lr * g``, the same arithmetic)."""
-        return self.family == "sgd" and not self.hp.get("weight_decay")
-
     def step(self, name: str, p, g):
+        if self.plain:
+            return p - self.hp["lr"] * g  # today's update, bit for bit
         hp, family = self.hp, self.family
         lr = hp["lr"]
-        if self.plain:
-            return p - lr * g  # today's update, bit for bit
         if hp.get("weight_decay"):
             g = g + hp["weight_decay"] * p
         if family == "sgd":
