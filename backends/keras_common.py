@@ -4,8 +4,8 @@ TensorFlow), ``keras-jax`` and ``keras-torch``.
 The model, its loss and the optimizer level are the same Keras code on
 every Keras backend; what differs per backend is passed in as a
 ``KerasRow``: how a hand-written gradient step is taken (the module level),
-how ``fit`` gets its one full batch per epoch, and whether "compiled" means
-XLA.  Keras picks its backend from ``KERAS_BACKEND`` when it is first
+how ``fit`` gets its batches and hands back its loss curve, and whether
+"compiled" means XLA.  Keras picks its backend from ``KERAS_BACKEND`` when it is first
 imported, once per process: each Keras row runs in a worker of its own,
 whose environment its backend module declares (``ENV``).
 

@@ -9,7 +9,8 @@
   the textbook update written out over ``model.trainable_variables``.
 * ``optimizer``: the same model, ``model.compile(<the family's Keras
   optimizer>, that loss)`` and ``model.fit`` over the cell's unshuffled
-  batches (default one full batch per epoch, see below); the loss curve is
+  batches (default one full batch per pass over the table, every update a
+  step of one ``fit`` epoch, see below); the loss curve is
   each step's batch loss (``BatchLoss`` in backends/keras_common.py, not
   ``history.history['loss']``, an average over the epoch's batches).
 * ``custom``: user-style ``keras.Model`` subclasses (``SingleLayerNN``,

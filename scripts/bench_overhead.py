@@ -438,8 +438,10 @@ def _keras_fit(spec, custom, data, jit_compile):
 def _tf_fit(spec, custom):
     import tensorflow as tf
 
-    # The fast way to give fit one unshuffled full batch per epoch
-    # (backends/tensorflow_backend.py), as the harness does.
+    # The notebook's fit(epochs=...), one epoch per pass, with the fast way
+    # to give fit one unshuffled full batch per epoch (fit on arrays costs
+    # ~50 ms an epoch, backends/tensorflow_backend.py); the harness runs
+    # every update as a step of one epoch (backends/keras_common.py).
     data = tf.data.Dataset.from_tensors((spec.x, spec.y)).repeat()
     return _keras_fit(spec, custom, {"x": data, "steps_per_epoch": 1}, jit_compile=False)
 
