@@ -5,9 +5,9 @@ The model, its loss and the optimizer level are the same Keras code on
 every Keras backend; what differs per backend is passed in as a
 ``KerasRow``: how a hand-written gradient step is taken (the module level),
 how ``fit`` gets its batches and hands back its loss curve, and whether
-"compiled" means XLA.  Keras picks its backend from ``KERAS_BACKEND`` when it is first
-imported, once per process: each Keras row runs in a worker of its own,
-whose environment its backend module declares (``ENV``).
+"compiled" means XLA.  Keras picks its backend from ``KERAS_BACKEND`` when
+it is first imported, once per process: each Keras row runs in a worker of
+its own, whose environment its backend module declares (``ENV``).
 
 Conventions adapted, for all three rows (measured on each):
 
@@ -153,7 +153,7 @@ class KerasRow:
     # backend's gradient, over ``data``, one epoch's (x, y) batches.
     hand_train: Callable[..., list[float]]
     # spec -> keyword arguments of model.fit giving every update's batch, in
-    # order, as one epoch (``fit_updates``).
+    # order, as one epoch (``_fit``).
     fit_data: Callable[[TrainSpec], dict[str, Any]]
     # mode -> jit_compile for model.compile (TensorFlow's compiled mode is a
     # tf.function without XLA; JAX's is jax.jit, which is XLA).
@@ -266,7 +266,7 @@ def build(keras, spec: TrainSpec):
 
 
 def array_data(spec: TrainSpec) -> dict[str, Any]:
-    """fit's data for the whole run as one epoch (``fit_updates``): the
+    """fit's data for the whole run as one epoch (``_fit``): the
     truth table repeated once per epoch, in unshuffled batches of the cell's
     size (default: all rows).  A size that does not divide the rows leaves a
     short last batch in every pass, which one long array cannot give: then a
@@ -431,18 +431,8 @@ def keep_batch_losses_class():
 
 def _fit(keras, model, loss_fn, spec: TrainSpec, row: KerasRow):
     """compile + fit with the family's optimizer: (loss curve, hparams).
-
-    Every update of the run is one step of a single epoch (``row.fit_data``
-    gives the truth table's batches once per harness epoch, in order), not
-    ``epochs=spec.epochs`` of one pass each: the same batches, so the same
-    updates (tests/test_backends.py checks against the notebook's ``fit(x,
-    y, epochs=...)``, bit for bit, on every Keras row), without Keras' work
-    per epoch (iterators, callbacks, logs: 1-2 ms an epoch, most of a
-    1000-epoch cell).  The loss curve: ``row.curve_in_graph``, the metric
-    writes it into a vector inside the step and all updates run in one call
-    (``steps_per_execution``); otherwise a callback keeps each step's
-    ``batch_loss``.
-    """
+    Every update of the run is a step of one epoch, and the loss curve
+    leaves the step as ``row.curve_in_graph`` says (module docstring)."""
     optimizer = make_optimizer(keras, spec)
     n = updates(spec.cell)
     batch_loss = batch_loss_class()(loss_fn, spec.dtype, n if row.curve_in_graph else None)

@@ -53,7 +53,7 @@ def main(backend, cells):
     import keras
     from backends import keras_common
 
-    mod = importlib.import_module(registry.BACKENDS[backend].split(":")[0])
+    mod = importlib.import_module(registry.backend(backend).module)
     out = []
     for d in cells:
         spec = TrainSpec.from_cell(Cell.from_dict(d))
