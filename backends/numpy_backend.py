@@ -247,9 +247,20 @@ class Optimizer:
         self.parameters, self.rule = parameters, rule
 
     def step(self):
-        self.rule.tick()
-        for i, (layer, key) in enumerate(self.parameters):
-            layer.params[key] = self.rule.step(i, layer.params[key], layer.grads[key])
+        _update(self.rule, self.parameters)
+
+
+def _update(rule: Textbook, parameters) -> None:
+    """One update of every (layer, key) parameter by ``rule``; plain SGD in
+    place (``p -= lr * g``, the same arithmetic without a new array)."""
+    rule.tick()
+    if rule.plain:
+        lr = rule.hp["lr"]
+        for layer, key in parameters:
+            layer.params[key] -= lr * layer.grads[key]
+        return
+    for i, (layer, key) in enumerate(parameters):
+        layer.params[key] = rule.step(i, layer.params[key], layer.grads[key])
 
 
 def _build_model(spec: TrainSpec):
@@ -298,9 +309,7 @@ def _train_module(spec: TrainSpec, use_optimizer: bool, model=None, call=None) -
             if optimizer:
                 optimizer.step()
             else:
-                rule.tick()
-                for i, (layer, key) in enumerate(parameters):
-                    layer.params[key] = rule.step(i, layer.params[key], layer.grads[key])
+                _update(rule, parameters)
     z = call(spec.x)
     return TrainResult(params_start=start, params_final=_model_params(model), loss_curve=curve,
                        loss_final=float(loss_fn.forward(z, spec.y)),

@@ -151,6 +151,7 @@ import functools
 import numpy as np
 
 from backends import keras_common
+from backends.curve import LossCurve
 from harness.tasks import (HPARAM_DEFAULTS, HYPERPARAMETERS, BatchResult, BatchSpec, TrainResult,
                            TrainSpec, batches, hyperparameters, updates)
 
@@ -224,8 +225,10 @@ def _textbook_steps(tf, variables: dict, loss_fn, rule, spec: TrainSpec, data) -
     only: a tf.function call costs more with every argument it flattens
     (the count and a dict of state tuples doubled it), and the count is
     the same integer, cast to the cell's dtype, that a constant per step
-    was."""
-    count = tf.Variable(0, dtype=tf.int64)
+    was.  Plain SGD reads no count (``Textbook.plain``): its step keeps none.
+    The losses are read back a block at a time (``LossCurve``), not one
+    host copy per update."""
+    count = None if rule.plain else tf.Variable(0, dtype=tf.int64)
     slots = keras_common.zero_state(rule, variables,
                                     lambda v: tf.Variable(tf.zeros(v.shape, v.dtype)))
 
@@ -233,10 +236,12 @@ def _textbook_steps(tf, variables: dict, loss_fn, rule, spec: TrainSpec, data) -
         with tf.GradientTape() as tape:
             loss = loss_fn(x, y)
         grads = dict(zip(variables, tape.gradient(loss, list(variables.values()))))
-        count.assign_add(1)
+        t = None
+        if count is not None:
+            count.assign_add(1)
+            t = tf.cast(count, spec.dtype)
         state = {k: tuple(s.read_value() for s in slots[k]) for k in slots}
-        new, state = keras_common.textbook_update(rule, tf.cast(count, spec.dtype), state,
-                                                  variables, grads)
+        new, state = keras_common.textbook_update(rule, t, state, variables, grads)
         for name, v in variables.items():
             v.assign(new[name])
         for k in slots:
@@ -246,11 +251,11 @@ def _textbook_steps(tf, variables: dict, loss_fn, rule, spec: TrainSpec, data) -
 
     if spec.mode == "compiled":
         step = tf.function(step, jit_compile=False)
-    curve = []
+    curve = LossCurve(lambda losses: tf.stack(losses).numpy().tolist())
     for _ in range(spec.epochs):
         for x, y in data:
-            curve.append(float(step(x, y)))
-    return curve
+            curve.append(step(x, y))
+    return curve.floats()
 
 
 def _batches(tf, spec: TrainSpec):
