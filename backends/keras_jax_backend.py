@@ -275,7 +275,8 @@ def _raw_step_seeds(spec, rule):
 
 def _train_seeds(spec, params, rule, data):
     """The batched updates; each update's losses stay on JAX's (asynchronous)
-    dispatch until the end."""
+    dispatch until the end, copied to the host in one call and stacked there."""
+    import jax
     import jax.numpy as jnp
 
     _check(spec)
@@ -287,7 +288,7 @@ def _train_seeds(spec, params, rule, data):
             t = jnp.asarray(len(curve) + 1, dtype=spec.dtype)
             loss, params, state = step(params, state, t, xb, yb)
             curve.append(loss)
-    return params, np.asarray(jnp.stack(curve, axis=1))
+    return params, np.stack(jax.device_get(curve), axis=1)
 
 
 def _jnp(a):
