@@ -80,13 +80,15 @@ def test_old_records_are_judged_on_the_fly():
 
 def test_a_seed_judged_up_to_its_horizon_is_not_in_the_learned_set_comparison():
     # Chainer's RMSprop (rho 0.99) on multi xnor, seed 1, leaves the band
-    # where the oracle's own trajectory does (update 59) and ends learned;
-    # the oracle's ends unlearned: round-off decides both, so no finding.
+    # where the oracle's own trajectory does (update 59); one of the two
+    # ends learned and the other not: round-off decides both (which one
+    # learns depends on the CPU: Chainer on an AVX2 EPYC, the oracle on an
+    # AVX-512 Xeon), so no finding.
     pytest.importorskip("chainer")
     rec = cached_run(make_cell("chainer", "module", "multi", "xnor", seed=1,
                                optimizer="rmsprop", hparams="defaults"))
     assert rec.status == "ok" and rec.agrees is True and rec.horizon is not None
-    assert rec.learned and not oracle.trajectory(rec).learned
+    assert rec.learned != oracle.trajectory(rec).learned
     assert analysis.findings([rec]) == []
     # The same end state judged to its end would be a finding.
     judged = dataclasses.replace(rec, horizon=None)

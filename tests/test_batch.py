@@ -68,6 +68,8 @@ def test_batched_records_match_per_seed(backend, level, sample, mode):
     cells = tuple(make_cell(backend, level, seed=s, mode=mode, **SAMPLES[sample]) for s in SEEDS)
     if spec.gap(level, cells[0].arch, cells[0].mode) or spec.recipe_gap(cells[0]):
         pytest.skip(f"{backend} {level} does not run {sample}")
+    if spec.batch_gap(cells[0]):
+        pytest.skip(f"{backend} {level} runs {sample} per seed: {spec.batch_gap(cells[0])}")
     batched = cached_batch(cells)
     assert [r.cell for r in batched] == list(cells)
     bound = spec.batch_bound(level, cells[0].mode, cells[0].dtype)
@@ -201,21 +203,22 @@ def test_batch_seeds_must_be_true_or_false(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_keras_torch_float64_cells_past_4_hidden_units_run_per_seed():
+def test_keras_torch_float64_cells_run_per_seed():
     # keras-torch computes float64 matmuls in float32 (variant
-    # float32-matmul, reproducing the per-seed kernel's lanes); its batched
-    # raw level's bmm sums in order instead, which the variant does not
-    # reproduce past 4 hidden units: batch_gap keeps those cells per seed.
+    # float32-matmul); its batched raw level's bmm does not sum float32
+    # products as the per-seed mm does (on an AVX2 EPYC past 4 hidden units,
+    # on an AVX-512 Xeon at any width): batch_gap keeps float64 cells per
+    # seed, float32 cells batch.
     require("keras-torch")
     spec = registry.backend("keras-torch")
     cells = tuple(make_cell("keras-torch", "raw", "multi", "nand", seed=s, hidden=8)
                   for s in range(2))
     assert "bmm" in spec.batch_gap(cells[0])
-    assert spec.batch_gap(make_cell("keras-torch", "raw", "multi", "nand", hidden=4)) is None
+    assert "bmm" in spec.batch_gap(make_cell("keras-torch", "raw", "multi", "nand", hidden=2))
     assert spec.batch_gap(make_cell("keras-torch", "raw", "multi", "nand", hidden=8,
                                     dtype="float32")) is None
-    # Why: trained as a batch anyway, they leave the variant; per seed it explains them.
+    # Why: trained as a batch anyway, they are not the per-seed records.
     for cell, batched in zip(cells, cached_batch(cells)):
         per_seed = cached_run(cell)
-        assert per_seed.agrees is False and per_seed.explained_by == "float32-matmul", per_seed
-        assert batched.explained_by is None, batched
+        assert per_seed.agrees is False and batched.agrees is False
+        assert relative_deviation(batched.params_final, per_seed.params_final) > 1e-9

@@ -228,9 +228,12 @@ def test_horizon_takes_the_earliest_of_its_probes(monkeypatch):
     # torch.optim's RMSprop (torch's defaults: rho 0.99, eps 1e-8) on multi
     # and, seed 1, trained in a batch of seeds 0-2 (vmap: its round-off is
     # not the per-seed one), amplifies round-off ~3x per update near update
-    # 172 and leaves the band there; the first probe stream leaves it at 173
+    # 172 and leaves the band there; the first probe stream leaves it later
     # (its errors partly cancel along the amplified direction), the earliest
-    # of PROBE_STREAMS at or before 172.
+    # of PROBE_STREAMS at or before 172.  Judged by the first stream alone,
+    # the cell departs before that stream's horizon (an AVX2 EPYC: departure
+    # 172, the stream's 173), or agrees up to a later horizon (an AVX-512
+    # Xeon: 173, against 171): round-off decides which.
     require("torch")
     cells = [Cell("torch", "optimizer", "multi", "and", s, "float64", hidden=2,
                   optimizer="rmsprop", rho=0.99) for s in range(3)]
@@ -240,7 +243,10 @@ def test_horizon_takes_the_earliest_of_its_probes(monkeypatch):
     monkeypatch.setattr(oracle, "PROBE_STREAMS", 1)
     oracle._CACHE.clear()
     one = oracle.judge(rec)
-    assert one.agrees is False and one.explained_by is None and one.first_departure == 172
+    if one.agrees:
+        assert one.horizon > rec.horizon
+    else:
+        assert one.explained_by is None and rec.horizon <= one.first_departure <= 172
 
 
 def test_horizon_covers_the_rounding_of_p(monkeypatch):
