@@ -496,3 +496,33 @@ def test_a_worker_with_another_framework_version_does_not_run_the_cell():
         w.kill()
     assert record.status.value == "error" and record.backend_version == "0.0-run"
     assert "has numpy " in record.message and "the run uses 0.0-run; cell not run" in record.message
+
+
+@needs_dask
+def test_distributed_s_connection_tracebacks_are_dropped_from_every_logger(capfd, caplog):
+    # The kill test above meets these only when the scheduler dies mid-write
+    # (CI did: distributed.batched logged "Error in batched write" with a
+    # CommClosedError traceback, while the filter sat on distributed.client
+    # alone).
+    import logging
+
+    from distributed.comm.core import CommClosedError
+    from harness.execution import dask_executor
+
+    loggers = dask_executor._quiet_connection_errors_on(dask_executor._distributed_loggers())
+    assert {"distributed.batched", "distributed.client"} <= {lg.name for lg in loggers}
+    try:
+        for name in ("distributed.batched", "distributed.client", "distributed.core"):
+            try:
+                raise CommClosedError("in <TCP (closed)>: Stream is closed")
+            except CommClosedError:
+                logging.getLogger(name).exception("Error in batched write")
+        logging.getLogger("distributed.client").error(
+            "Failed to reconnect to scheduler after 15.00 seconds, closing client")
+        logging.getLogger("distributed.batched").error("something else went wrong")
+    finally:
+        for logger in loggers:
+            logger.removeFilter(dask_executor._quiet_connection_errors)
+    err = capfd.readouterr().err + caplog.text
+    assert "Traceback" not in err and "Failed to reconnect" not in err
+    assert "something else went wrong" in err  # only connection errors are dropped

@@ -158,7 +158,7 @@ class DaskExecutor:
                  infos: dict[str, dict]):
         self.client, self.cluster, self.timeout, self.versions = client, cluster, timeout, versions
         # A lost scheduler is reported as ClusterLost, in one line.
-        logging.getLogger("distributed.client").addFilter(_quiet_connection_errors)
+        self._quieted = _quiet_connection_errors_on(_distributed_loggers())
         self.timing: dict[str, BackendTiming] = {}
         self.futures: dict[Any, tuple[Task, int]] = {}
         self.closed = False
@@ -330,14 +330,36 @@ class DaskExecutor:
             pass
         finally:
             _close(self.client, self.cluster)
-            logging.getLogger("distributed.client").removeFilter(_quiet_connection_errors)
+            for logger in self._quieted:
+                logger.removeFilter(_quiet_connection_errors)
 
 
 def _quiet_connection_errors(record: logging.LogRecord) -> bool:
-    """Drop the client's tracebacks about a connection to the scheduler
-    that broke or was refused (it logs them while trying to reconnect)."""
+    """Drop distributed's tracebacks about a connection to the scheduler
+    that broke or was refused (the client logs them while it tries to
+    reconnect; distributed.batched when a write finds the stream closed),
+    and its own line on giving up: ClusterLost says it in the harness's."""
     exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, (OSError, asyncio.CancelledError))
+    if isinstance(exc, (OSError, asyncio.CancelledError)):
+        return False
+    return not record.getMessage().startswith("Failed to reconnect to scheduler")
+
+
+def _distributed_loggers() -> list[logging.Logger]:
+    """Every distributed logger there is once the client has connected
+    ("distributed.batched", "distributed.core", ... as well as
+    "distributed.client"). A filter goes on each logger, not on a handler:
+    which handler prints their records depends on who configured logging
+    first (distributed's own on "distributed", or the root logger's)."""
+    names = sorted(n for n in logging.root.manager.loggerDict
+                   if n == "distributed" or n.startswith("distributed."))
+    return [logging.getLogger(n) for n in names]
+
+
+def _quiet_connection_errors_on(loggers: list[logging.Logger]) -> list[logging.Logger]:
+    for logger in loggers:
+        logger.addFilter(_quiet_connection_errors)
+    return loggers
 
 
 def _close(client, cluster) -> None:
