@@ -71,16 +71,23 @@ in-order float32 sum -> the variant): ``--hidden 6`` 1.1e-7..3.4e-7 ->
 with mean reduction at 12 hidden units (xor, raw and module) and batch
 size 2 at 16 (nand, raw and optimizer): explained, <= 1.3e-14.  Past 16
 hidden units (unmeasured) ``departures`` leaves the cells unnamed, a plain
-departure.  The summation orders are the CPU kernel's: on an AVX-512
-Intel Xeon (same wheel, same MKL) ``mm`` fuses multiply-adds from two
-terms on (4 x 2 times 2 x k: ``fma(a1, b1, a0 b0)``) and adds some
-4-term products in another order, so there the variant explains the
-single-layer cells (whose 0/1 inputs make the first layer's products
-exact: sgd single nand 2.1e-8 -> 0 at every level) but not the
-multi-layer ones (multi xor, raw and module: 6.3e-9 from the textbook,
-3.4e-9 from the variant), which stay unexplained, the known departure
-named; modelling that kernel (and recording which kernel a cell ran on)
-is open work.
+departure.  The summation orders are the CPU kernel's, so each record names its
+kernel (``info["sgemm"]``: ``sgemm_kernel``, a fingerprint of
+``torch.mm`` on fixed operands, about 4 ms once per process) and the
+variant takes that kernel's orders (harness.oracle.FLOAT32_KERNELS).  On
+an AVX-512 Intel Xeon (same wheel, same MKL; ``mkl-avx512``) ``mm`` fuses
+multiply-adds from two terms on (4 x 2 times 2 x k: ``fma(a1, b1, a0
+b0)``), takes transposed operands (autograd's weight gradients) as a
+fused chain, and adds 2- to 4-row products times a column in other
+orders; measured up to 4 hidden units (every order of every sum tree,
+with and without fused multiply-adds, tried on 200 operand pairs per
+shape: exactly one matched each).  There sgd multi xor (seed 0, raw and
+module), 6.3e-9 from the textbook and 3.4e-9 from the AVX2 orders, is
+bit-identical to the variant.  Past a kernel's measured width, and on a
+kernel no fingerprint names (``unmeasured:<hash>``), the cells stay
+unexplained (``harness.oracle.departures``), the known departure named.
+A record without ``info["sgemm"]`` (written before kernels were
+recorded) ran on the AVX2 kernel, the only one modelled then.
 ``--batch-seeds``' batched raw level runs torch's broadcast
 ``torch.matmul``, which is ``bmm``, whose float32 sums are not ``mm``'s
 (in order past 4 hidden units on the EPYC, ``--hidden 8``: ~1e-7 from the
@@ -99,9 +106,12 @@ Conventions adapted: those of backends/keras_common.py; the worker sets
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from backends import keras_common
+from harness.oracle import FLOAT32_KERNELS
 from harness.tasks import TrainResult, TrainSpec, batches
 
 NAME = "keras-torch"
@@ -115,18 +125,19 @@ UNSUPPORTED: dict[str, str] = {}
 # to float32 on every backend but TensorFlow, whatever floatx says.
 
 
-# The inner-axis length up to which ``float32-matmul`` reproduces torch's
-# float32 products bit for bit (measured; module docstring and
-# harness.oracle._matmul_float32).
-FLOAT32_MATMUL_MAX_HIDDEN = 16
+# The widest inner axis on which ``float32-matmul`` reproduces some CPU
+# kernel's float32 products bit for bit (measured per kernel:
+# harness.oracle.FLOAT32_KERNELS, which also decides per record).
+FLOAT32_MATMUL_MAX_HIDDEN = max(FLOAT32_KERNELS.values())
 
 
 def known_departure(cell) -> str | None:
     if cell.dtype == "float64":
         return ("Keras 3 promotes float64 to float32 off TensorFlow (keras.backend.result_type), "
                 "so keras.ops.matmul, and Dense with it, computes float64 inputs in float32 on "
-                "torch (oracle variant float32-matmul, up to "
-                f"{FLOAT32_MATMUL_MAX_HIDDEN} hidden units)")
+                "torch (oracle variant float32-matmul, the CPU kernel's summation orders: "
+                + ", ".join(f"{name} up to {width} hidden units"
+                            for name, width in FLOAT32_KERNELS.items()) + ")")
     return None
 
 
@@ -136,7 +147,8 @@ def departures(cell) -> tuple[str, ...]:
     pass computed in float32; with BinaryCrossentropy (module, optimizer,
     custom) "float32-row-loss" and, for a mean, "float32-rescale-grad"
     (module docstring).  None of them past FLOAT32_MATMUL_MAX_HIDDEN hidden
-    units, where torch's summation orders are not measured."""
+    units, where no kernel's summation orders are measured (the oracle
+    drops them past the record's own kernel's width)."""
     atoms = keras_common.departures(cell)
     if cell.dtype != "float64" or (cell.hidden or 0) > FLOAT32_MATMUL_MAX_HIDDEN:
         return atoms
@@ -241,9 +253,41 @@ def _hand_train(model, loss_fn, data, spec: TrainSpec, rule) -> list[float]:
     return curve
 
 
+# torch.mm's float32 results on fixed operands (4 x 6 and 4 x 9 times a
+# column, 4 x 2 times 2 x 12, 3 x 13 times a column; 64 draws each), hashed:
+# which CPU kernel's summation orders this process gets, by the name the
+# oracle's float32-matmul variant models it under (harness.oracle
+# FLOAT32_KERNELS).  Both measured on the torch 2.13 CPU wheel (MKL 2024.2).
+SGEMM_KERNELS = {
+    "0b02bfc6876430077ffca54d0b45083fe3e51efa3308ccab7a7c83cc6f127869": "mkl-avx2",  # AMD EPYC
+    "b71b77842753046b5ba0da4f811d229bcfed41bf22429f4342d81e0447ae6d54": "mkl-avx512",  # Xeon
+}
+
+
+@functools.lru_cache(maxsize=None)
+def sgemm_kernel() -> str:
+    """The name of this CPU's float32 matmul kernel, or
+    ``unmeasured:<fingerprint>`` (recorded as ``info["sgemm"]``; about 4 ms,
+    once per process)."""
+    import hashlib
+
+    import torch
+
+    rng = np.random.default_rng(2026)
+    out = []
+    for shape_a, shape_b in (((4, 6), (6, 1)), ((4, 9), (9, 1)), ((4, 2), (2, 12)),
+                             ((3, 13), (13, 1))):
+        for _ in range(64):
+            a = torch.tensor(rng.normal(size=shape_a), dtype=torch.float32)
+            b = torch.tensor(rng.normal(size=shape_b), dtype=torch.float32)
+            out.append(torch.mm(a, b).numpy().tobytes())
+    digest = hashlib.sha256(b"".join(out)).hexdigest()
+    return SGEMM_KERNELS.get(digest, f"unmeasured:{digest[:16]}")
+
+
 def _info(spec: TrainSpec) -> dict:
     import torch
-    return {"threads": torch.get_num_threads()}
+    return {"threads": torch.get_num_threads(), "sgemm": sgemm_kernel()}
 
 
 def _fit_data(spec: TrainSpec) -> dict:

@@ -77,6 +77,7 @@ A verdict (``judge``) compares a record with its trajectory:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,17 @@ class Problem:
     jitter: float = 0.0
     # Which of the probe's independent sign streams (PROBE_STREAMS).
     stream: int = 0
+    # The float32 matmul kernel whose orders "float32-matmul" takes
+    # (FLOAT32_KERNELS; DEFAULT_FLOAT32_KERNEL when the variant names the
+    # atom and no kernel is given, "" where the variant has no such atom).
+    kernel: str = ""
+
+    def __post_init__(self):
+        # One spelling per computation: the cache keys on it.
+        if "float32-matmul" in self.variant and not self.kernel:
+            object.__setattr__(self, "kernel", DEFAULT_FLOAT32_KERNEL)
+        elif "float32-matmul" not in self.variant and self.kernel:
+            object.__setattr__(self, "kernel", "")
 
     @classmethod
     def of(cls, record, variant: tuple = ()) -> "Problem":
@@ -134,8 +146,9 @@ class Problem:
             hp = tuple(sorted((k, float(v)) for k, v in source.items()
                               if k != "lr" and v is not None))
         lr = float(record.lr)
+        kernel = float32_kernel(record) if "float32-matmul" in variant else ""
         return cls(record.arch, record.gate, rule, lr, int(record.epochs), params, hp,
-                   record.batch_size, record.reduction, tuple(variant))
+                   record.batch_size, record.reduction, tuple(variant), kernel=kernel)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: np.array(flat, dtype=np.float64).reshape(shape)
@@ -210,13 +223,48 @@ def _lanes_float32(prods):
     return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
 
 
-def _matmul_float32(a, b):
+# The CPU float32 matmul kernels whose summation orders ``_matmul_float32``
+# reproduces, each with the widest hidden layer (inner axis) it was measured
+# on.  A keras-torch record names its kernel (``info["sgemm"]``, from a
+# fingerprint of torch.mm); a record that names none was written before
+# kernels were recorded, on the AVX2 kernel, the only one modelled then.
+FLOAT32_KERNELS = {"mkl-avx2": 16, "mkl-avx512": 4}
+DEFAULT_FLOAT32_KERNEL = "mkl-avx2"
+
+
+def float32_kernel(record) -> str:
+    """The float32 matmul kernel ``record``'s cell ran on (its name, or
+    ``unmeasured:<fingerprint>``)."""
+    return (record.info or {}).get("sgemm", DEFAULT_FLOAT32_KERNEL)
+
+
+def _matmul64(a, b, ta: bool = False):
+    """``a @ b`` in float64 (numpy); ``ta``: ``a`` is the transposed view that
+    autograd's backward pass hands the kernel (the same numbers here)."""
+    return np.matmul(a, b)
+
+
+def _chain_float32(prods, fma_terms):
+    """p0, then each later product added in order: with one rounding (a fused
+    multiply-add) where ``fma_terms`` holds its (a_k, b_k), else rounded first."""
+    out = prods[0]
+    for k in range(1, len(prods)):
+        out = _fma32(*fma_terms(k), out) if fma_terms else out + prods[k]
+    return out
+
+
+def _matmul_float32(a, b, kernel: str = DEFAULT_FLOAT32_KERNEL, ta: bool = False):
     """``a @ b`` as torch's float32 CPU matmul (``torch.mm``, which Keras'
     ``ops.matmul`` and autograd's gradient products call; MKL sgemm)
     computes it on the harness's sizes (variant "float32-matmul"): both
-    operands rounded to float32, each product rounded to float32, the sum
-    taken in float32 in the order the kernel picks for the shape, the result
-    back in float64.  With a (M, K) and b (K, N):
+    operands rounded to float32, each product rounded to float32 (or not,
+    inside a fused multiply-add), the sum taken in float32 in the order the
+    CPU's kernel picks for the shape, the result back in float64.  With a
+    (M, K) and b (K, N); ``ta``: autograd passes ``a`` as a transposed view
+    (the weight gradients x^T dz, h^T dz), which the AVX-512 kernel sums
+    otherwise.
+
+    ``mkl-avx2`` (torch 2.13 CPU wheel, MKL 2024.2, AVX2 on an AMD EPYC):
 
     * M = 4 rows, N = 1 column (a truth table's hidden layer times the
       output weights, K = hidden units): ``_lanes_float32``, the first
@@ -228,33 +276,63 @@ def _matmul_float32(a, b):
       units or more, K = 2): a fused multiply-add chain, p0 then
       acc = fma(a_k, b_k, acc), rounded once each.
     * any other shape: in order along the inner axis, no fused
-      multiply-add.
+      multiply-add; transposed or not.
 
-    Measured bit-exact against torch 2.13 (CPU wheel, MKL 2024.2, AVX2 on
-    an AMD EPYC; another CPU or BLAS may sum in another order), from
-    freshly allocated (64-byte aligned) float32 tensors as Keras' casts
-    give them, 1000 to 2000 random normal operand pairs per shape: 4 x K
-    times K x 1 for K = 1..33, 2 or 3 rows for K = 1..17 (not 20: there
-    rows differ), 1 row for K = 1..20; and every product of the forward and
-    backward pass for hidden units 1..16 and 1 to 4 rows (with transposed
-    operands as autograd passes them).  Unaligned operands change the
-    2- and 3-row order for K = 9..11."""
+    Measured bit-exact from freshly allocated (64-byte aligned) float32
+    tensors as Keras' casts give them, 1000 to 2000 random normal operand
+    pairs per shape: 4 x K times K x 1 for K = 1..33, 2 or 3 rows for K =
+    1..17 (not 20: there rows differ), 1 row for K = 1..20; and every
+    product of the forward and backward pass for hidden units 1..16 and 1 to
+    4 rows (with transposed operands as autograd passes them).  Unaligned
+    operands change the 2- and 3-row order for K = 9..11.
+
+    ``mkl-avx512`` (the same wheel on an AVX-512 Intel Xeon), K <= 4:
+
+    * a transposed (``ta``), and 1 row times a column: the fused
+      multiply-add chain, p0 then fma(a_k, b_k, acc).
+    * N >= 2 columns (the first layer's x @ W, K <= 2): the same chain.
+    * N = 1, 4 rows: p0 + fma, then the third and fourth products as
+      (fma(a1, b1, p0) + p3) + p2 (K = 3: fma(a1, b1, p0) + p2).
+    * N = 1, 2 or 3 rows: no fused multiply-add; p0 + p1, p0 + (p1 + p2),
+      p0 + ((p1 + p3) + p2).
+
+    Measured bit-exact on 200 random operand pairs per shape and output
+    element, every order of every sum tree (with and without fused
+    multiply-adds) tried, for every product of the forward and backward
+    pass with 1 to 4 rows and hidden units 1..4: each shape matched exactly
+    one order.  Other shapes raise ValueError (not measured)."""
     a, b = np.asarray(a).astype(np.float32), np.asarray(b).astype(np.float32)
     rows, inner, cols = a.shape[-2], a.shape[-1], b.shape[-1]
     prods = [a[..., :, k:k + 1] * b[..., k:k + 1, :] for k in range(inner)]
-    if rows == 4 and cols >= 12:
-        out = prods[0]
-        for k in range(1, inner):
-            out = _fma32(*np.broadcast_arrays(a[..., :, k:k + 1], b[..., k:k + 1, :]), out)
-    elif cols == 1 and (rows == 4 or (rows in (2, 3) and inner >= 12)):
-        head = inner if rows == 4 else 12
-        out = _lanes_float32(prods[:head])
-        for k in range(head, inner):
-            out = out + prods[k]
+
+    def fma_terms(k):
+        return np.broadcast_arrays(a[..., :, k:k + 1], b[..., k:k + 1, :])
+    if kernel == "mkl-avx2":
+        if rows == 4 and cols >= 12:
+            out = _chain_float32(prods, fma_terms)
+        elif cols == 1 and (rows == 4 or (rows in (2, 3) and inner >= 12)):
+            head = inner if rows == 4 else 12
+            out = _lanes_float32(prods[:head])
+            for k in range(head, inner):
+                out = out + prods[k]
+        else:
+            out = _chain_float32(prods, None)
+    elif kernel == "mkl-avx512" and inner <= 4 and rows <= 4 and (cols == 1 or inner <= 2 or ta):
+        if ta or rows == 1 or cols > 1 or inner <= 1:
+            out = _chain_float32(prods, fma_terms)
+        elif rows == 4:
+            out = _fma32(*fma_terms(1), prods[0])
+            if inner == 4:
+                out = out + prods[3]
+            if inner >= 3:
+                out = out + prods[2]
+        else:
+            out = prods[0] + prods[1] if inner == 2 else prods[0] + (
+                prods[1] + prods[2] if inner == 3 else (prods[1] + prods[3]) + prods[2])
     else:
-        out = prods[0]
-        for k in range(1, inner):
-            out = out + prods[k]
+        raise ValueError(f"no measured float32 summation orders for kernel {kernel!r} "
+                         f"on {rows} x {inner} times {inner} x {cols}"
+                         f"{' (a transposed)' if ta else ''}")
     return out.astype(np.float64)
 
 
@@ -285,12 +363,13 @@ def _row_losses(z, y, rows32: bool = False):
     return _sum_rows(rows)[:, 0]
 
 
-def loss_and_grad_batch(params, x, y, matmul=np.matmul, rows32: bool = False,
+def loss_and_grad_batch(params, x, y, matmul=_matmul64, rows32: bool = False,
                         scale=None, nudge=None):
     """(summed cross-entropy (B,), its closed-form gradient, logits,
     probabilities) per problem.
     ``matmul``: how every product of the forward and backward pass is taken
-    (``_matmul_float32`` for "float32-matmul"); ``rows32``: the loss's rows
+    (``_matmul_float32`` for "float32-matmul"; ``ta=True`` on the products
+    whose first operand autograd passes transposed); ``rows32``: the loss's rows
     rounded to float32 ("float32-row-loss", the value only); ``scale``: a
     factor on dL/dz before it is back-propagated (a mean's 1 / rows, where
     the products round: the caller then leaves the gradient as it is);
@@ -303,13 +382,13 @@ def loss_and_grad_batch(params, x, y, matmul=np.matmul, rows32: bool = False,
     if scale is not None:
         dz = dz * scale
     if h is None:
-        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z, p
+        return loss, {"W": matmul(x.T, dz, ta=True), "b": _sum_rows(dz)}, z, p
     dh = matmul(dz, np.swapaxes(params["W2"], 1, 2))
     if nudge is not None:
         h = nudge(h)
     da = dh * h * (1.0 - h)
-    return loss, {"W1": matmul(x.T, da), "b1": _sum_rows(da),
-                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z, p
+    return loss, {"W1": matmul(x.T, da, ta=True), "b1": _sum_rows(da),
+                  "W2": matmul(np.swapaxes(h, 1, 2), dz, ta=True), "b2": _sum_rows(dz)}, z, p
 
 
 def _sigmoid_primitives_grad(g, a):
@@ -322,7 +401,7 @@ def _sigmoid_primitives_grad(g, a):
     return -(-g * 1.0 / (d * d) * e)
 
 
-def loss_and_grad_written_out(params, x, y, matmul=np.matmul, rows32: bool = False,
+def loss_and_grad_written_out(params, x, y, matmul=_matmul64, rows32: bool = False,
                               scale=None, nudge=None):
     """``loss_and_grad_batch``'s gradient as an autodiff framework computes it
     through the notebook's written-out loss -log(y p + (1 - y)(1 - p)) and
@@ -336,12 +415,12 @@ def loss_and_grad_written_out(params, x, y, matmul=np.matmul, rows32: bool = Fal
     gu = -1.0 / u if scale is None else -scale / u
     dz = _sigmoid_primitives_grad(gu * y - gu * (1 - y), z)
     if h is None:
-        return loss, {"W": matmul(x.T, dz), "b": _sum_rows(dz)}, z, p
+        return loss, {"W": matmul(x.T, dz, ta=True), "b": _sum_rows(dz)}, z, p
     dh = matmul(dz, np.swapaxes(params["W2"], 1, 2))
     a = matmul(x, params["W1"]) + params["b1"][:, None, :]
     da = _sigmoid_primitives_grad(dh, a)
-    return loss, {"W1": matmul(x.T, da), "b1": _sum_rows(da),
-                  "W2": matmul(np.swapaxes(h, 1, 2), dz), "b2": _sum_rows(dz)}, z, p
+    return loss, {"W1": matmul(x.T, da, ta=True), "b1": _sum_rows(da),
+                  "W2": matmul(np.swapaxes(h, 1, 2), dz, ta=True), "b2": _sum_rows(dz)}, z, p
 
 
 def _batched(params):
@@ -431,10 +510,12 @@ VARIANTS: dict[str, str] = {
                             "loss is ~1e-8)",
     "float32-matmul": "every matrix product of the forward and backward pass is computed in "
                       "float32: both operands rounded to float32, each product rounded and "
-                      "added in float32 in the order torch's CPU kernel takes for the shape "
-                      "(in order along the inner axis up to 4; past it, for a truth table's "
-                      "rows times a column, in lanes; 4 rows times 12 columns or more, fused "
-                      "multiply-adds: _matmul_float32), the result back in "
+                      "added in float32 in the order torch's CPU kernel takes for the shape, "
+                      "the kernel the record names (AVX2: in order along the inner axis up "
+                      "to 4; past it, for a truth table's rows times a column, in lanes; 4 "
+                      "rows times 12 columns or more, fused multiply-adds; AVX-512: fused "
+                      "multiply-adds from 2 terms on, some sums in other orders: "
+                      "_matmul_float32), the result back in "
                       "float64 (the gradient reaching a product rounded to float32 with it); "
                       "biases, sigmoids, the loss and the update stay float64 (Keras 3 on "
                       "torch: keras.ops.matmul, and Dense with it, computes float64 operands "
@@ -558,7 +639,9 @@ def _gradient_descent(params, x, y, problem: "Problem"):
     n = problem.epochs * len(slices)
     rule = _Rule(problem.rule, problem.lr, dict(problem.hp), problem.variant)
     full = len(slices) == 1
-    matmul = _matmul_float32 if "float32-matmul" in problem.variant else np.matmul
+    float32_products = "float32-matmul" in problem.variant
+    matmul = (functools.partial(_matmul_float32, kernel=problem.kernel) if float32_products
+              else _matmul64)
     written_out = "autodiff-written-out" in problem.variant
     rows32 = "float32-row-loss" in problem.variant
     wanted = y > 0.5
@@ -587,7 +670,7 @@ def _gradient_descent(params, x, y, problem: "Problem"):
         for sl in slices:
             count = sl.stop - sl.start
             rescale = "float32-rescale-grad" in problem.variant
-            if problem.reduction == "mean" and matmul is _matmul_float32:
+            if problem.reduction == "mean" and float32_products:
                 # float32 products: the mean's 1 / rows reaches dL/dz before
                 # they round it, as autodiff of loss / rows carries it.
                 loss, grad, z, p = gradient(params, x[sl], y[:, sl],
@@ -671,7 +754,8 @@ def solve(problems: list[Problem]) -> list[Trajectory]:
         if p not in _CACHE:
             shapes = tuple((name, shape) for name, shape, _ in p.params)
             todo.setdefault((p.arch, shapes, p.rule, p.lr, p.epochs, p.hp, p.batch_size,
-                             p.reduction, p.variant, p.jitter, p.stream), []).append(p)
+                             p.reduction, p.variant, p.jitter, p.stream, p.kernel),
+                            []).append(p)
     if len(_CACHE) + sum(map(len, todo.values())) > _CACHE_MAX:
         _CACHE.clear()
     for group in todo.values():
@@ -796,9 +880,15 @@ def _bands(record, traj: Trajectory, tol: float, curve_tol: float):
 
 def departures(record) -> tuple[str, ...]:
     """The variant atoms the record's backend names for its cell (none for
-    a backend this process does not know)."""
+    a backend this process does not know, nor where "float32-matmul" is
+    named and the record's kernel is not one whose orders were measured
+    up to its hidden width: the cell then stays unexplained)."""
     from harness import registry  # registry imports the contract, not this module
-    return registry.departures(record.cell)
+    atoms = registry.departures(record.cell)
+    if "float32-matmul" in atoms and (record.hidden or 0) > FLOAT32_KERNELS.get(
+            float32_kernel(record), -1):
+        return ()
+    return atoms
 
 
 def verdict(record, traj: Trajectory, variant: Trajectory | None = None,

@@ -11,8 +11,7 @@ cells are pinned to the oracle variants that reproduce them
 (``float32-matmul``, ``float32-row-loss``, ``float32-rescale-grad``): the
 textbook misses them, the variant reproduces them, and each atom is needed.
 """
-import functools
-import hashlib
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 import pytest
@@ -129,9 +128,7 @@ def test_keras_torch_float64_is_float32_matmul(level, arch, gate):
     (measured 0 and 8e-17).  The module and optimizer levels' loss, through
     BinaryCrossentropy's float32 mean, needs float32-row-loss too."""
     require("keras-torch")
-    if arch == "multi":
-        # The hidden layer's products are inexact: their sums are the kernel's.
-        require_measured_kernel()
+    require_measured_kernel(2)
     rec = cached_run(make_cell("keras-torch", level, arch, gate))
     assert rec.status == "ok", rec.message
     atoms = registry.departures(rec.cell)
@@ -175,41 +172,22 @@ def test_keras_torch_float32_matmul_is_measured_up_to_sixteen_hidden_units():
                                          dtype="float32")) == ()
 
 
-# torch.mm's float32 results on fixed operands (4 x 6 and 4 x 9 times a
-# column, 4 x 2 times 2 x 12, 3 x 13 times a column; 64 draws each), as
-# the CPU where the wide orders of ``_matmul_float32`` were measured
-# computes them (torch 2.13 CPU wheel, MKL 2024.2, AVX2, AMD EPYC).
-MEASURED_KERNEL = "0b02bfc6876430077ffca54d0b45083fe3e51efa3308ccab7a7c83cc6f127869"
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel_fingerprint() -> str:
-    import torch
-
-    rng = np.random.default_rng(2026)
-    out = []
-    for shape_a, shape_b in (((4, 6), (6, 1)), ((4, 9), (9, 1)), ((4, 2), (2, 12)),
-                             ((3, 13), (13, 1))):
-        for _ in range(64):
-            a = torch.tensor(rng.normal(size=shape_a), dtype=torch.float32)
-            b = torch.tensor(rng.normal(size=shape_b), dtype=torch.float32)
-            out.append(torch.mm(a, b).numpy().tobytes())
-    return hashlib.sha256(b"".join(out)).hexdigest()
-
-
-def require_measured_kernel():
-    """Skip where torch's float32 CPU kernel sums products in another order
-    than the one ``_matmul_float32`` reproduces (another CPU or BLAS: an
-    AVX-512 Xeon fuses multiply-adds from 2 terms on): there the variant is
-    not claimed to hold for multi-layer cells, which stay unexplained in a
-    run, the finding (backends/keras_torch_backend.py)."""
+def require_measured_kernel(hidden: int) -> str:
+    """This CPU's float32 matmul kernel (keras_torch_backend.sgemm_kernel),
+    or a skip where the oracle's float32-matmul variant has no orders
+    measured on it up to ``hidden`` units: there its cells stay
+    unexplained in a run, which is the finding."""
     pytest.importorskip("torch")
-    if _kernel_fingerprint() != MEASURED_KERNEL:
-        pytest.skip("this CPU's float32 matmul kernel is not the one float32-matmul's "
-                    "orders were measured on (torch.mm fingerprint differs)")
+    from backends import keras_torch_backend
+
+    kernel = keras_torch_backend.sgemm_kernel()
+    if oracle.FLOAT32_KERNELS.get(kernel, -1) < hidden:
+        pytest.skip(f"float32-matmul's orders are not measured on this CPU's kernel ({kernel}) "
+                    f"at {hidden} hidden units")
+    return kernel
 
 
-def _in_order_float32(a, b):
+def _in_order_float32(a, b, **_):
     """The textbook float32 product: each product rounded, added in order
     along the inner axis, no fused multiply-add (the variant up to 4 hidden
     units, and for 1 row at any width)."""
@@ -228,7 +206,7 @@ def test_keras_torch_float32_matmul_past_four_hidden_units(level, hidden, monkey
     float32 sum the variant was up to 4 hidden units (measured at hidden 6
     and 12, multi xor seed 0: ~1e-7 from both, ~2e-16 from the variant)."""
     require("keras-torch")
-    require_measured_kernel()
+    require_measured_kernel(hidden)
     rec = cached_run(make_cell("keras-torch", level, "multi", "xor", hidden=hidden))
     assert rec.status == "ok", rec.message
     atoms = registry.departures(rec.cell)
@@ -243,37 +221,82 @@ def test_keras_torch_float32_matmul_past_four_hidden_units(level, hidden, monkey
     assert relative_deviation(rec.params_final, in_order.params_final) > 1e-9
 
 
-def test_float32_matmul_orders_are_torchs():
+@pytest.mark.parametrize("kernel", sorted(oracle.FLOAT32_KERNELS))
+def test_float32_matmul_orders_are_torchs(kernel):
     """``_matmul_float32`` against torch's float32 ``mm`` bit for bit, on
-    every product the harness's passes take (rows 1..4, hidden 1..16;
-    transposed operands as autograd passes them), from fresh float32 tensors
-    as Keras' casts give them.  Measured on torch 2.13's CPU wheel (MKL
-    2024.2, AVX2): another CPU kernel may take other orders, and then this
-    test, like the variant, no longer holds."""
+    every product the harness's passes take (rows 1..4, hidden up to the
+    kernel's measured width; transposed operands as autograd passes them),
+    from fresh float32 tensors as Keras' casts give them, on the kernel this
+    CPU has (torch 2.13's CPU wheel, MKL 2024.2; AVX2 on an AMD EPYC,
+    AVX-512 on an Intel Xeon).  The other kernel's orders miss torch here."""
     torch = pytest.importorskip("torch")
-    require_measured_kernel()
+    if require_measured_kernel(1) != kernel:
+        pytest.skip(f"this CPU's kernel is not {kernel}")
     rng = np.random.default_rng(0)
 
     def mm(a, b, ta=False, tb=False):
         a, b = (torch.tensor(v, dtype=torch.float32) for v in (a, b))
         return torch.mm(a.t() if ta else a, b.t() if tb else b).numpy().astype(np.float64)
-    for hidden in (1, 4, 5, 8, 9, 11, 12, 16):
+
+    def ours(a, b, ta=False):
+        return oracle._matmul_float32(a, b, kernel=kernel, ta=ta)
+    widest = oracle.FLOAT32_KERNELS[kernel]
+    for hidden in sorted({h for h in (1, 2, 3, 4, 5, 8, 9, 11, 12, 16) if h <= widest}):
         for rows in range(1, 5):
             x, w1 = rng.normal(size=(rows, 2)), rng.normal(size=(8, 2, hidden))
             h, w2 = rng.uniform(size=(8, rows, hidden)), rng.normal(size=(8, hidden, 1))
             dz, da = rng.normal(size=(8, rows, 1)), rng.normal(size=(8, rows, hidden))
-            cases = [(oracle._matmul_float32(x, w1), [mm(x, w) for w in w1]),
-                     (oracle._matmul_float32(h, w2), [mm(a, w) for a, w in zip(h, w2)]),
-                     (oracle._matmul_float32(dz, np.swapaxes(w2, 1, 2)),
-                      [mm(g, w, tb=True) for g, w in zip(dz, w2)]),
-                     (oracle._matmul_float32(x.T, da), [mm(x, d, ta=True) for d in da]),
-                     (oracle._matmul_float32(np.swapaxes(h, 1, 2), dz),
+            cases = [(ours(x, w1), [mm(x, w) for w in w1]),
+                     (ours(h, w2), [mm(a, w) for a, w in zip(h, w2)]),
+                     (ours(dz, np.swapaxes(w2, 1, 2)), [mm(g, w, tb=True) for g, w in zip(dz, w2)]),
+                     (ours(x.T, da, ta=True), [mm(x, d, ta=True) for d in da]),
+                     (ours(np.swapaxes(h, 1, 2), dz, ta=True),
                       [mm(a, g, ta=True) for a, g in zip(h, dz)])]
-            for ours, theirs in cases:
-                assert np.array_equal(ours, np.stack(theirs)), (hidden, rows)
-    # Where the orders differ from the in-order sum (4 rows times a column
-    # of 5 or more; 4 rows times 12 columns or more).
-    h, w2 = rng.uniform(size=(64, 4, 6)), rng.normal(size=(64, 6, 1))
-    assert not np.array_equal(_in_order_float32(h, w2), oracle._matmul_float32(h, w2))
-    x, w1 = rng.normal(size=(4, 2)), rng.normal(size=(64, 2, 12))
-    assert not np.array_equal(_in_order_float32(x, w1), oracle._matmul_float32(x, w1))
+            for got, want in cases:
+                assert np.array_equal(got, np.stack(want)), (hidden, rows)
+    # Where the orders differ from the in-order sum: on AVX2, 4 rows times a
+    # column of 5 or more, 4 rows times 12 columns or more; on AVX-512, two
+    # products already (fused multiply-add).
+    if kernel == "mkl-avx2":
+        h, w2 = rng.uniform(size=(64, 4, 6)), rng.normal(size=(64, 6, 1))
+        assert not np.array_equal(_in_order_float32(h, w2), ours(h, w2))
+        x, w1 = rng.normal(size=(4, 2)), rng.normal(size=(64, 2, 12))
+        assert not np.array_equal(_in_order_float32(x, w1), ours(x, w1))
+    else:
+        h, w2 = rng.uniform(size=(64, 4, 2)), rng.normal(size=(64, 2, 1))
+        assert not np.array_equal(_in_order_float32(h, w2), ours(h, w2))
+    other = next(k for k in oracle.FLOAT32_KERNELS if k != kernel)
+    h, w2 = rng.uniform(size=(64, 4, 4)), rng.normal(size=(64, 4, 1))
+    assert not np.array_equal(oracle._matmul_float32(h, w2, kernel=other), ours(h, w2))
+
+
+def test_float32_matmul_kernel_is_the_records():
+    """keras-torch records name their CPU's kernel (``info["sgemm"]``), and
+    the variant takes that kernel's orders: a record written before kernels
+    were recorded is judged with the AVX2 orders (all there were), one on a
+    kernel whose orders are not measured (or past its measured width) gets
+    no variant and stays unexplained."""
+    require("keras-torch")
+    from backends import keras_torch_backend
+
+    rec = cached_run(make_cell("keras-torch", "raw", "multi", "xor"))
+    kernel = keras_torch_backend.sgemm_kernel()
+    assert rec.info["sgemm"] == kernel
+    atoms = registry.departures(rec.cell)
+    assert Problem.of(rec, atoms).kernel == kernel and Problem.of(rec).kernel == ""
+    old = dataclass_replace(rec, info={"threads": 1})
+    assert Problem.of(old, atoms).kernel == "mkl-avx2" and oracle.departures(old) == atoms
+    for name in oracle.FLOAT32_KERNELS:
+        other = dataclass_replace(rec, info={**rec.info, "sgemm": name})
+        assert oracle.departures(other) == atoms
+    unknown = dataclass_replace(rec, info={**rec.info, "sgemm": "unmeasured:0123456789abcdef"})
+    assert oracle.departures(unknown) == ()
+    judged = oracle.judge(unknown)
+    assert judged.agrees is False and judged.explained_by is None
+    wide = dataclass_replace(rec, cell=dataclass_replace(rec.cell, hidden=8),
+                             info={**rec.info, "sgemm": "mkl-avx512"})
+    assert oracle.departures(wide) == ()
+    # The two kernels' variants are different trajectories of this cell.
+    a, b = solve([Problem.of(dataclass_replace(rec, info={**rec.info, "sgemm": k}), atoms)
+                  for k in sorted(oracle.FLOAT32_KERNELS)])
+    assert relative_deviation(a.params_final, b.params_final) > 0
