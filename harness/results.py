@@ -74,7 +74,13 @@ def strict(value):
 
 
 def dumps(obj) -> str:
-    return json.dumps(strict(obj), allow_nan=False, separators=(",", ":"))
+    try:
+        # The common case, at C speed: nothing to replace (the encoder
+        # refuses NaN and infinities, and numpy arrays, which strict turns
+        # into lists: then the same text through strict).
+        return json.dumps(obj, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError):
+        return json.dumps(strict(obj), allow_nan=False, separators=(",", ":"))
 
 
 class CannotWrite(Exception):
@@ -158,6 +164,13 @@ def _real(path) -> str:
     return os.path.realpath(os.fspath(path))
 
 
+def _same_file(mapped: str, path: Path) -> bool:
+    """Whether a memory map's file (np.memmap keeps it absolute) is ``path``:
+    equal absolute names are (the common case, without the lstat per path
+    component realpath costs); otherwise compare where symlinks lead."""
+    return mapped == os.path.abspath(path) or _real(mapped) == _real(path)
+
+
 def stored_ref(curve: Any, run_dir: Path) -> dict[str, Any] | None:
     """The reference of a curve held in ``run_dir``'s curves file (a view of
     one of its memory maps), or None for any other curve (a list, an array
@@ -170,8 +183,8 @@ def stored_ref(curve: Any, run_dir: Path) -> dict[str, Any] | None:
         if isinstance(base, np.memmap) and not isinstance(base.base, np.ndarray):
             root = base
         base = base.base
-    if root is None or root.filename is None or _real(root.filename) != _real(
-            Path(run_dir) / CURVES_FILE):
+    if root is None or root.filename is None or not _same_file(root.filename,
+                                                               Path(run_dir) / CURVES_FILE):
         return None
     start = curve.ctypes.data - root.ctypes.data + root.offset
     if start % CURVE_DTYPE.itemsize:
@@ -800,9 +813,11 @@ def csv_rows(records: Iterable[Record], run_dir: Path | None = None) -> Iterator
     writer.writeheader()
     for rec in records:
         row = {}
-        for key, value in strict(disk_dict(rec, run_dir)).items():
-            if isinstance(value, (dict, list)):
-                value = json.dumps(value, separators=(",", ":"))
+        for key, value in disk_dict(rec, run_dir).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            elif isinstance(value, (dict, list, tuple, np.ndarray)):
+                value = dumps(value)
             row[key] = "" if value is None else value
         writer.writerow(row)
         yield buf.getvalue()
