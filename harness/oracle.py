@@ -122,7 +122,8 @@ class Problem:
     stream: int = 0
     # The float32 matmul kernel whose orders "float32-matmul" takes
     # (FLOAT32_KERNELS; DEFAULT_FLOAT32_KERNEL when the variant names the
-    # atom and no kernel is given, "" where the variant has no such atom).
+    # atom and no kernel is given; "" whenever the variant has no such
+    # atom, whatever is given).
     kernel: str = ""
 
     def __post_init__(self):
@@ -146,9 +147,9 @@ class Problem:
             hp = tuple(sorted((k, float(v)) for k, v in source.items()
                               if k != "lr" and v is not None))
         lr = float(record.lr)
-        kernel = float32_kernel(record) if "float32-matmul" in variant else ""
         return cls(record.arch, record.gate, rule, lr, int(record.epochs), params, hp,
-                   record.batch_size, record.reduction, tuple(variant), kernel=kernel)
+                   record.batch_size, record.reduction, tuple(variant),
+                   kernel=float32_kernel(record))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: np.array(flat, dtype=np.float64).reshape(shape)
@@ -236,6 +237,12 @@ def float32_kernel(record) -> str:
     """The float32 matmul kernel ``record``'s cell ran on (its name, or
     ``unmeasured:<fingerprint>``)."""
     return (record.info or {}).get("sgemm", DEFAULT_FLOAT32_KERNEL)
+
+
+def float32_orders_measured(kernel: str, hidden: int | None) -> bool:
+    """Whether ``_matmul_float32`` has ``kernel``'s summation orders for a
+    layer of ``hidden`` units (None: single-layer)."""
+    return (hidden or 0) <= FLOAT32_KERNELS.get(kernel, -1)
 
 
 def _matmul64(a, b, ta: bool = False):
@@ -885,8 +892,8 @@ def departures(record) -> tuple[str, ...]:
     up to its hidden width: the cell then stays unexplained)."""
     from harness import registry  # registry imports the contract, not this module
     atoms = registry.departures(record.cell)
-    if "float32-matmul" in atoms and (record.hidden or 0) > FLOAT32_KERNELS.get(
-            float32_kernel(record), -1):
+    if "float32-matmul" in atoms and not float32_orders_measured(float32_kernel(record),
+                                                                  record.hidden):
         return ()
     return atoms
 
