@@ -526,3 +526,26 @@ def test_distributed_s_connection_tracebacks_are_dropped_from_every_logger(capfd
     err = capfd.readouterr().err + caplog.text
     assert "Traceback" not in err and "Failed to reconnect" not in err
     assert "something else went wrong" in err  # only connection errors are dropped
+
+
+@needs_dask
+def test_a_future_that_finished_before_the_scheduler_was_lost_means_a_lost_cluster(tmp_path):
+    # CI, 2026-12-03: the client cancels every future it holds when it loses
+    # the scheduler, finished ones too.  The executor read a future's status
+    # ("finished"), then its result, which by then raised
+    # FutureCancelledError, and a traceback ended the run.  _outcome reads
+    # the future once; here the cancellation comes before it, for certain.
+    from harness.execution.dask_executor import ClusterLost, _outcome
+
+    doomed = Cluster(tmp_path / "cluster")
+    try:
+        with doomed.client() as client:
+            future = client.submit(sum, [1, 2], pure=False)
+            assert _outcome(future, doomed.address) == (3, None)
+            doomed.stop(doomed.scheduler)
+            wait_for(lambda: future.status == "cancelled", 60)
+            with pytest.raises(ClusterLost, match="lost the Dask scheduler at .*"
+                               "cancelled for reason: scheduler-connection-lost"):
+                _outcome(future, doomed.address)
+    finally:
+        doomed.close()

@@ -66,6 +66,7 @@ import signal
 import threading
 import uuid
 from collections import Counter
+from concurrent.futures import CancelledError
 from typing import Any, Callable
 
 from harness.execution.engine import BackendTiming, Task
@@ -247,7 +248,7 @@ class DaskExecutor:
             ) -> dict[str, BackendTiming]:
         """Run every task on the cluster; on_results([(task, record)]) as
         each ends, in completion order (tasks are single cells here)."""
-        from distributed import KilledWorker, as_completed
+        from distributed import as_completed
 
         from harness.execution import dask_worker
 
@@ -262,27 +263,17 @@ class DaskExecutor:
         for future in done:
             task, losses = self.futures.pop(future)
             cell, record = task.cell, None
-            try:
-                status = future.status
-                out = future.result() if status == "finished" else None
-                exc = future.exception() if status == "error" else None
-            except OSError as lost:  # the scheduler went away while we asked
-                raise self._lost(lost) from None
-            if status == "finished":
-                if out["record"] is None:  # its task saw itself cancelled: lost
-                    losses += 1
-                    reason = f"its task was cancelled on {out['worker']}"
-                else:
-                    record = Record.from_dict(out["record"])
-                    self._note(out, cell.backend)
-            elif status == "error":
-                if not isinstance(exc, KilledWorker):
-                    raise exc
+            out, killed = _outcome(future, self.info["scheduler"])
+            if killed is not None:
                 losses += 1
-                reason = (f"its Dask worker died while running it ({exc.allowed_failures + 1} "
-                          f"time(s) in a row; last {exc.last_worker.address})")
-            else:  # cancelled: by the client, when it lost the scheduler
-                raise self._lost(getattr(future._state, "exception", None) or status)
+                reason = (f"its Dask worker died while running it ({killed.allowed_failures + 1} "
+                          f"time(s) in a row; last {killed.last_worker.address})")
+            elif out["record"] is None:  # its task saw itself cancelled: lost
+                losses += 1
+                reason = f"its task was cancelled on {out['worker']}"
+            else:
+                record = Record.from_dict(out["record"])
+                self._note(out, cell.backend)
             if record is None:
                 if losses < LOSSES:
                     done.add(self._submit(task, priority[id(task)], losses))
@@ -295,13 +286,12 @@ class DaskExecutor:
             on_results([(task, record)])
             left[cell.backend] -= 1
             if not left[cell.backend]:  # its subprocesses are let go everywhere
-                self.client.run(dask_worker.release_async, cell.backend, wait=False,
-                                on_error="ignore")
+                try:
+                    self.client.run(dask_worker.release_async, cell.backend, wait=False,
+                                    on_error="ignore")
+                except (OSError, CancelledError) as exc:  # blocks while it reconnects
+                    raise _lost(self.info["scheduler"], exc) from None
         return self.timing
-
-    def _lost(self, why) -> ClusterLost:
-        return ClusterLost(f"lost the Dask scheduler at {self.info['scheduler']} "
-                           f"({str(why).splitlines()[0].strip()})")
 
     def _note(self, out: dict, backend: str) -> None:
         if out["import_seconds"] is not None:
@@ -332,6 +322,31 @@ class DaskExecutor:
             _close(self.client, self.cluster)
             for logger in self._quieted:
                 logger.removeFilter(_quiet_connection_errors)
+
+
+def _outcome(future, scheduler: str) -> tuple[dict | None, Any]:
+    """(what the task returned, None), or (None, the KilledWorker) when
+    its Dask worker died; ClusterLost when the scheduler is gone.  Any
+    other exception is the harness's own bug and propagates.
+
+    One call, ``future.result()``, and no look at ``future.status``
+    first: when the client loses the scheduler it cancels every future
+    it holds, finished ones too (``Client._reconnect``), so a future
+    read as finished could raise FutureCancelledError a moment later
+    (it escaped as a traceback in CI once, 2026-12-03)."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result(), None
+    except KilledWorker as exc:
+        return None, exc
+    except (OSError, CancelledError, asyncio.CancelledError) as exc:
+        raise _lost(scheduler, exc) from None
+
+
+def _lost(scheduler: str, why) -> ClusterLost:
+    return ClusterLost(f"lost the Dask scheduler at {scheduler} "
+                       f"({str(why).splitlines()[0].strip()})")
 
 
 def _quiet_connection_errors(record: logging.LogRecord) -> bool:
