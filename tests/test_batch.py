@@ -8,6 +8,7 @@ it must stay within it.  Samples: a multi-layer xor at float64 (1000 steps,
 sgd), a single-layer cell at float32, and a recipe (adam, batch size 1,
 mean) at float64, five seeds each.
 """
+import dataclasses
 import json
 
 import numpy as np
@@ -121,6 +122,41 @@ def test_batched_oracle_is_the_per_seed_oracle_bit_for_bit():
         assert np.array_equal(alone.loss_curve, t.loss_curve)
         assert alone.loss_final == t.loss_final
         assert np.array_equal(alone.all_right, t.all_right)
+
+
+def test_a_batch_s_records_are_those_of_its_split_results():
+    """records_from_batch converts each field once for the whole batch; its
+    records must be record_from_result's of each seed (split()), diverged
+    seeds (a NaN loss, an infinite final loss, a NaN parameter) included."""
+    from harness.execution.child import record_from_result, records_from_batch
+
+    cells = [make_cell("numpy", "raw", "multi", "xor", seed=s, dtype="float32") for s in range(5)]
+    spec = BatchSpec.from_cells(cells)
+    batch = registry.backend("numpy").train_batch(spec)
+    curve = np.array(batch.loss_curve)
+    curve[1, 7] = np.nan
+    final = {k: np.array(v) for k, v in batch.params_final.items()}
+    final["b2"][3] = np.nan
+    loss_final = np.array(batch.loss_final)
+    loss_final[2] = np.inf
+    batch = dataclasses.replace(batch, loss_curve=curve, params_final=final,
+                                loss_final=loss_final, info={"backend": "numpy"},
+                                hparams={"lr": np.float32(0.5)})
+    got = records_from_batch(cells, "1.23.5", batch, 0.25)
+    want = []
+    for cell, result in zip(cells, batch.split()):
+        result.info["batched"] = len(cells)
+        want.append(record_from_result(cell, "1.23.5", result, 0.25))
+    assert [r.status.value for r in got] == ["ok", "diverged", "diverged", "diverged", "ok"]
+    for a, b in zip(got, want):
+        da, db = a.to_dict(), b.to_dict()
+        assert da.keys() == db.keys()
+        for k in da:
+            x, y = da[k], db[k]
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True), k
+            else:
+                assert json.dumps(x) == json.dumps(y) and type(x) is type(y), k
 
 
 def test_batch_spec_refuses_cells_that_differ_beyond_the_seed():
