@@ -9,8 +9,9 @@
 (``BATCHED``), the multi-layer xor cell (1000 updates, float32), run in
 one worker process of that backend as the harness runs it: one batch
 request of N seeds (training, the oracle's verdicts, the records back to
-this process) against per-seed requests for a sample of seeds,
-extrapolated to N.  Framework imports are left out of both (a worker
+this process) against per-seed requests for a sample of other seeds,
+extrapolated to N (other seeds: the worker's oracle caches trajectories,
+so a seed of the batch would be judged for free).  Framework imports are left out of both (a worker
 imports once either way).  Prints seconds and the speed-up ratio.
 
 ``sweep``: wall time of the issue's sweep, ``harness run --seeds 0-9999
@@ -81,14 +82,19 @@ def speedup(seeds: int, sample: int, dtype: str, backends: list[str] | None = No
                 print(f"{name:<12} skipped: {w.hello['state']}: {w.hello['detail']}")
                 continue
             for level in spec.batched:
+                # Three sets of seeds: the worker's oracle keeps the
+                # trajectories it computed, so a seed timed per seed must not
+                # have been in the batch (or the warm-up) before.
                 cells = [Cell(name, level, "multi", "xor", seed=s, dtype=dtype, hidden=2)
-                         for s in range(seeds)]
-                _ask(w, {"batch": [c.to_dict() for c in cells[:2]]})  # warm-up (jit, caches)
+                         for s in range(seeds + sample + 2)]
+                cells, fresh, warm = cells[:seeds], cells[seeds:-2], cells[-2:]
+                _ask(w, {"batch": [c.to_dict() for c in warm]})  # warm-up (jit, caches)
+                _ask(w, {"cell": warm[0].to_dict()})
                 t0 = time.perf_counter()
                 records = unpack_records(_ask(w, {"batch": [c.to_dict() for c in cells]}))
                 batched = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                for c in cells[:sample]:
+                for c in fresh:
                     _ask(w, {"cell": c.to_dict()})
                 per_seed = (time.perf_counter() - t0) / sample * seeds
                 judged = sum(r.agrees is not None or r.unjudged is not None for r in records)
