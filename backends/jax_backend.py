@@ -21,17 +21,21 @@ op), for every family, batch size and reduction.
 
 Batched seeds (``--batch-seeds``, ``BATCHED``): every level, both modes.
 ``raw`` vmaps its step over a leading seed axis of the parameter dict and
-the rule's state.  The NNX levels build each seed's model (and
-``nnx.Optimizer``) exactly as per seed (``_build``), ``nnx.split`` them,
-stack the states under the first seed's graph definition (the model and
-the cached transformation are the same for all), and vmap the per-seed
-step's pure form (``_nnx_pure``: ``nnx.merge`` inside) over the stacked
-state and the hand-written rule's state; ``jax.jit(jax.vmap(...))`` in
-compiled, the vmapped step op by op in eager; the final loss and
-probabilities vmapped, not jitted, as per seed.  ``hparams`` are read back
-from the first seed's ``nnx.Optimizer`` before training, as per seed.
-Building S models costs about 3 ms a seed (optimizer level, multi xor
-float64, 200 seeds: 2.3 s a batch, 0.32 s a seed per seed, 27x). Measured
+the rule's state.  The NNX levels build the first seed's model (and
+``nnx.Optimizer``) exactly as per seed (``_build``); every seed's state is
+made from that model under ``jax.vmap`` (``_seed_states``: the model
+re-made by ``nnx.merge``, the seed's parameters loaded, its optimizer
+created, ``nnx.split``), the states stacked under the first seed's graph
+definition (the model and the cached transformation are the same for
+all), and the per-seed step's pure form (``_nnx_pure``: ``nnx.merge``
+inside) vmapped over the stacked state and the hand-written rule's state;
+``jax.jit(jax.vmap(...))`` in compiled, the vmapped step op by op in
+eager; the final loss and probabilities vmapped, not jitted, as per seed.
+``hparams`` are read back from the first seed's ``nnx.Optimizer`` before
+training, as per seed.  Building every seed's model instead cost 1.2 s of
+a 1000-seed batch (the random initialisers that the loaded parameters
+overwrite); the states made under vmap are the same bits (every record of
+288, six families, both modes and dtypes).  Measured
 against per seed (4-5 seeds each; module, optimizer, custom; single and
 multi; and, nand, or, xor): bit-identical for full-batch sgd, momentum
 (with weight decay), nesterov and ``--hparams defaults`` at float32 and
