@@ -43,6 +43,14 @@ on these networks (measured: float32 and float64, both archs); a batch of
 another size re-traces the graph for its shape, and compiled cells of every
 family, batch size and reduction are judged like eager ones.
 
+The engine: harness workers set ``MXNET_ENGINE_TYPE=NaiveEngine`` unless
+the environment names another (``THREAD_VARS``, harness/execution/engine.py),
+which runs each operator in the calling thread instead of handing it to
+the threaded engine's workers: the same kernels, so the same records
+(measured on the default matrix, float64 adam/rmsprop/momentum and the
+batched raw level), and the default mxnet matrix trains in 20.7 s instead
+of 28.0 s, the hand-off costing more than these tiny operators.
+
 Conventions adapted:
 
 * ``Dense`` stores its weight as (out, in): canonical W is transposed on load
