@@ -319,3 +319,27 @@ def test_exit_cause_names_the_signal():
 def test_statuses():
     assert [s.value for s in Status] == ["ok", "diverged", "unsupported", "skipped", "error",
                                          "timeout"]
+
+
+def test_frames_hand_over_lines_and_payloads_however_the_bytes_arrive():
+    """The protocol's decoder: JSON lines, and a line announcing
+    payload_bytes followed by that many raw bytes (a batch's curves, which
+    hold newline bytes), read back whole wherever the reads split them."""
+    import random
+
+    from harness.execution.engine import Frames
+
+    rng = random.Random(0)
+    payload = bytes(rng.randrange(256) for _ in range(5000)) + b"\n\n" + b"\n" * 10
+    stream = (b'{"state":"ok"}\n{"record":1}\n{"records":[],"payload_bytes":%d}\n' % len(payload)
+              + payload + b'{"record":2}\n{"records":[],"payload_bytes":3}\n\n\n\n'
+              + b'{"record":3}\n')
+    want = [{"state": "ok"}, {"record": 1}, {"records": [], "payload": payload},
+            {"record": 2}, {"records": [], "payload": b"\n\n\n"}, {"record": 3}]
+    for trial in range(200):
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randrange(0, 12)))
+        frames, got = Frames(), []
+        for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+            got += frames.feed(stream[a:b])
+        assert got == want, f"trial {trial}, cuts {cuts}"
+        assert frames.pending == [] and frames.payload_for is None

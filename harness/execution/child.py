@@ -9,7 +9,6 @@ runs never changes its record.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import importlib
 import math
@@ -230,10 +229,11 @@ def records_from_batch(cells: list[Cell], version: str | None, batch: BatchResul
     return records
 
 
-def pack_records(records: list[Record]) -> dict:
-    """A batch's records as one protocol message: loss curves held as numpy
-    arrays travel as one base64 block of little-endian float64 (exact, NaN
-    included, and far cheaper than JSON numbers for 10,000 seeds)."""
+def pack_records(records: list[Record]) -> tuple[dict, bytes]:
+    """A batch's records as one protocol message and its payload: loss
+    curves held as numpy arrays travel as one block of little-endian
+    float64 bytes (exact, NaN included, and far cheaper than JSON numbers
+    for 10,000 seeds), each record's length in ``curve_lengths``."""
     dicts, lengths, blocks = [], [], []
     for record in records:
         d = record.to_dict()
@@ -244,14 +244,14 @@ def pack_records(records: list[Record]) -> dict:
         else:
             lengths.append(-1)
         dicts.append(d)
-    return {"records": dicts, "curve_lengths": lengths,
-            "curves": base64.b64encode(b"".join(blocks)).decode("ascii")}
+    return {"records": dicts, "curve_lengths": lengths}, b"".join(blocks)
 
 
 def unpack_records(msg: dict) -> list[Record]:
-    """``pack_records``'s inverse: records whose packed curves are
-    read-only float64 arrays."""
-    flat = np.frombuffer(base64.b64decode(msg["curves"]), dtype="<f8")
+    """``pack_records``'s inverse, from the message with its payload
+    (``msg["payload"]``, as engine.Frames hands it over): records
+    whose packed curves are read-only float64 arrays."""
+    flat = np.frombuffer(msg.get("payload", b""), dtype="<f8")
     out, at = [], 0
     for d, n in zip(msg["records"], msg["curve_lengths"]):
         record = Record.from_dict(d)

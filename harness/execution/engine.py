@@ -147,6 +147,57 @@ class Task:
         return self.cell.epochs * (1 + len(self.batch) // 100)
 
 
+class Frames:
+    """The protocol's decoder (worker.py): JSON lines, where a line that
+    announces ``payload_bytes`` n is followed by n raw bytes, handed over
+    with its message as ``"payload"``."""
+
+    def __init__(self):
+        # What was read and not yet handed over: a line not yet ended, or
+        # the part of a payload read so far (``payload_for``: the message
+        # waiting for it and the payload's size).
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.payload_for: tuple[dict, int] | None = None
+
+    def feed(self, data: bytes) -> list[dict]:
+        """The messages that ``data``, read after what came before, completes."""
+        self.pending.append(data)
+        self.pending_size += len(data)
+        # A batch's answer is one line, or a payload, of many megabytes:
+        # joined once, when it is all here (joining at every read was
+        # quadratic).
+        if self.payload_for is not None:
+            if self.pending_size < self.payload_for[1]:
+                return []
+        elif b"\n" not in data:
+            return []
+        buf = b"".join(self.pending)
+        messages, at = [], 0
+        while True:
+            if self.payload_for is not None:
+                msg, size = self.payload_for
+                if len(buf) - at < size:
+                    break
+                msg["payload"] = buf[at:at + size]
+                at += size
+                self.payload_for = None
+                messages.append(msg)
+                continue
+            end = buf.find(b"\n", at)
+            if end < 0:
+                break
+            msg = json.loads(buf[at:end])
+            at = end + 1
+            if "payload_bytes" in msg:
+                self.payload_for = (msg, msg.pop("payload_bytes"))
+            else:
+                messages.append(msg)
+        rest = buf[at:]
+        self.pending, self.pending_size = ([rest] if rest else []), len(rest)
+        return messages
+
+
 class Worker:
     """A worker process for one backend, running at most one task at a time.
 
@@ -161,7 +212,7 @@ class Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, env=worker_env())
         self.fd = self.proc.stdout.fileno()
-        self.pending: list[bytes] = []  # the chunks of a line not yet ended
+        self.frames = Frames()
         self.hello: dict | None = None
         self.task: Task | None = None
         self.deadline: float | None = time.monotonic() + IMPORT_TIMEOUT
@@ -195,14 +246,7 @@ class Worker:
         data = os.read(self.fd, 1 << 20)
         if not data:
             return None
-        self.pending.append(data)
-        if b"\n" not in data:
-            # A batch's answer is one line of many megabytes: joined once,
-            # when it ends (joining at every read was quadratic).
-            return []
-        *lines, rest = b"".join(self.pending).split(b"\n")
-        self.pending = [rest] if rest else []
-        messages = [json.loads(line) for line in lines]
+        messages = self.frames.feed(data)
         for msg in messages:
             if "state" in msg:
                 self.hello, self.deadline = msg, None
