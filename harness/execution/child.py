@@ -22,8 +22,8 @@ from harness import registry
 from harness.oracle import judge, judge_all
 from harness.records import Record, Status
 from harness.registry import Availability
-from harness.tasks import (BatchSpec, Cell, TrainResult, TrainSpec, init_params, truth_table,
-                           updates)
+from harness.tasks import (BatchResult, BatchSpec, Cell, TrainResult, TrainSpec, init_params,
+                           truth_table, updates)
 
 
 def import_framework(name: str) -> Availability:
