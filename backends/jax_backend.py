@@ -710,10 +710,10 @@ def _train_nnx_batch(spec: BatchSpec, use_optimizer: bool) -> BatchResult:
     data = _batches(spec, x, y)
     losses = []
     if use_optimizer:
-        nodes = (model, nnx.Optimizer(model, _transform(spec)))
+        tx = _transform(spec)
+        nodes = (model, nnx.Optimizer(model, tx))
         hp = _read_hparams(nodes[1], spec.optimizer)
-        step = _SeedsStep(_optimizer_step, nodes, _seed_states(spec, model, _transform(spec)),
-                          jit, mean=mean)
+        step = _SeedsStep(_optimizer_step, nodes, _seed_states(spec, model, tx), jit, mean=mean)
     else:
         hp = in_effect(spec.cell, optimizer_defaults)
         step = _SeedsStep(_hand_step, (model,), _seed_states(spec, model, None), jit,
